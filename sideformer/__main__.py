@@ -1,0 +1,3 @@
+from sideformer.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,28 @@
+"""Checkpoints: written atomically (temp file + rename), read with `weights_only=True`.
+
+A crash while saving leaves the previous checkpoint intact; a checkpoint never unpickles code.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sideformer.atomic import atomic_write_with
+from sideformer.errors import UserError
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    atomic_write_with(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"{path}: checkpoint not found.") from None
+    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:  # truncated or foreign
+        raise UserError(f"{path}: not a readable checkpoint ({str(exc).splitlines()[0]}).") from None

@@ -1,0 +1,272 @@
+"""One typed configuration: dataclass defaults, then a YAML file, then `--set a.b=c` overrides.
+
+Unknown keys and ill-typed values are rejected before anything runs, naming the key, the source and the
+valid choices. `Config.to_dict()` is what gets saved beside a run and sent to W&B.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from sideformer.errors import UserError
+
+VARIANTS = ("b0", "b1", "b2", "b3", "b4", "b5")
+SPLITS = ("train", "valid", "test")
+
+
+@dataclass
+class DataConfig:
+    path: str = ""
+    """Dataset folder holding metadata.json (the CLI's --data)."""
+    classes: list[str] | None = None
+    """Class names for the legacy metadata form that lists none."""
+    crop_size: list[int] = field(default_factory=lambda: [256, 256])
+    """Training crop [height, width]."""
+    base_size: int | None = None
+    """Short side an image is resized to before random scaling and for validation; default min(crop_size)."""
+    scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])
+    hflip: bool = True
+    color_jitter: float = 0.2
+    """Strength of brightness/contrast/saturation jitter; 0 turns it off."""
+    train_splits: list[str] = field(default_factory=lambda: ["train"])
+    """Splits trained on; the final run after a search uses ["train", "valid"]."""
+    eval_split: str = "valid"
+    """Split validated on every epoch (early stopping and best checkpoint follow it)."""
+    train_fraction: float = 1.0
+    """Fraction of the training split used (a fixed random subset); hyperparameter search uses < 1."""
+    num_workers: int = 2
+    check: bool = True
+    """Validate every file before training (sideformer check-data); off only for data already checked."""
+
+
+@dataclass
+class ModelConfig:
+    pretrained: str | None = None
+    """Hub id (nvidia/mit-b0 … nvidia/mit-b5) or a local directory; None builds `variant` with random weights."""
+    variant: str = "b0"
+    channels_last: bool = False
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 6e-5
+    weight_decay: float = 0.01
+    head_lr_mult: float = 10.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_steps: int = 1500
+    poly_power: float = 1.0
+    grad_clip: float | None = None
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 50
+    batch_size: int = 8
+    """Per process (per GPU)."""
+    eval_batch_size: int | None = None
+    grad_accum: int = 1
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """auto: bf16 autocast on GPU, fp32 on CPU (fp16 makes SegFormer's loss NaN, so it is not offered)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 0
+    log_every: int = 20
+    """Optimizer steps between loss read-outs (each one is a host sync)."""
+
+
+@dataclass
+class EarlyStopConfig:
+    monitor: Literal["val_loss", "val_miou"] = "val_loss"
+    patience: int = 10
+    """Epochs without improvement before stopping; 0 turns early stopping off."""
+    min_delta: float = 0.0
+
+
+@dataclass
+class CheckpointConfig:
+    keep_temp: bool = False
+    """Keep temp_ckpts/ (last.pth, best.pth) after a run finishes."""
+
+
+@dataclass
+class WandbConfig:
+    enabled: bool = True
+    mode: Literal["auto", "offline", "online"] = "auto"
+    """auto: online when WANDB_API_KEY is set, offline otherwise."""
+    project: str = "sideformer"
+    entity: str | None = None
+    group: str | None = None
+    name: str | None = None
+
+
+@dataclass
+class Config:
+    output: str = ""
+    """Run folder (the CLI's --output)."""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    base: dict[str, Any] | None = None,
+) -> Config:
+    """Defaults ← `base` ← YAML file ← `key=value` overrides (values parsed as YAML), then validated."""
+    config = Config()
+    if base:
+        _merge(config, base, source="built-in settings")
+    if path is not None:
+        _merge(config, _read_yaml(Path(path)), source=str(path))
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set {item!r}: expected key=value, e.g. --set train.epochs=5")
+        value = yaml.safe_load(raw) if raw.strip() else None
+        nested: dict[str, Any] = {}
+        cursor = nested
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            cursor = cursor.setdefault(part, {})
+        cursor[leaf] = value
+        _merge(config, nested, source=f"--set {item}")
+    validate(config)
+    return config
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(f"{path}: config file not found.")
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: not valid YAML: {exc}") from None
+    if doc is None:
+        return {}
+    if not isinstance(doc, dict):
+        raise UserError(f"{path}: expected a mapping of sections (data:, model:, train:, ...) at the top.")
+    return doc
+
+
+def _merge(target: Any, values: dict[str, Any], source: str, prefix: str = "") -> None:
+    fields = {f.name: f for f in dataclasses.fields(target)}
+    hints = typing.get_type_hints(type(target))
+    for key, value in values.items():
+        dotted = f"{prefix}{key}"
+        if key not in fields:
+            suggestion = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f" Did you mean '{prefix}{suggestion[0]}'?" if suggestion else ""
+            raise UserError(
+                f"{source}: unknown key '{dotted}'.{hint} Valid keys here: {', '.join(sorted(fields))}."
+            )
+        current = getattr(target, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise UserError(f"{source}: '{dotted}' is a section; give it a mapping of keys.")
+            _merge(current, value, source, prefix=f"{dotted}.")
+        else:
+            setattr(target, key, _coerce(value, hints[key], dotted, source))
+
+
+def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
+    """Check `value` against a field's type; ints are accepted where floats are expected."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(value, inner, key, source)
+    if origin is Literal:
+        if value not in args:
+            raise UserError(f"{source}: '{key}' must be one of {list(args)}, got {value!r}.")
+        return value
+    if origin is list:
+        (item_type,) = args
+        if not isinstance(value, list):
+            raise UserError(f"{source}: '{key}' must be a list, e.g. [256, 256], got {value!r}.")
+        return [_coerce(v, item_type, f"{key}[{i}]", source) for i, v in enumerate(value)]
+    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):
+        try:  # PyYAML (YAML 1.1) reads 6e-5 as a string; accept it as the number it plainly is
+            return float(value)
+        except ValueError:
+            pass
+    if hint is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if hint in (bool, str) and isinstance(value, hint):
+        return value
+    raise UserError(f"{source}: '{key}' must be {getattr(hint, '__name__', hint)}, got {value!r}.")
+
+
+def validate(config: Config) -> None:
+    """Range checks the types cannot express. Each message names the key, its value and the rule."""
+    d, m, o, t, e = config.data, config.model, config.optim, config.train, config.early_stop
+    rules: list[tuple[str, Any, bool, str]] = [
+        (
+            "data.crop_size",
+            d.crop_size,
+            len(d.crop_size) == 2 and min(d.crop_size) >= 32,
+            "[h, w], each >= 32",
+        ),
+        ("data.base_size", d.base_size, d.base_size is None or d.base_size >= 32, ">= 32 or null"),
+        (
+            "data.scale_range",
+            d.scale_range,
+            len(d.scale_range) == 2 and 0 < d.scale_range[0] <= d.scale_range[1],
+            "[low, high] with 0 < low <= high",
+        ),
+        ("data.color_jitter", d.color_jitter, 0.0 <= d.color_jitter <= 1.0, "in [0, 1]"),
+        ("data.train_fraction", d.train_fraction, 0.0 < d.train_fraction <= 1.0, "in (0, 1]"),
+        ("data.num_workers", d.num_workers, d.num_workers >= 0, ">= 0"),
+        (
+            "data.train_splits",
+            d.train_splits,
+            bool(d.train_splits) and set(d.train_splits) <= set(SPLITS),
+            f"a non-empty list drawn from {list(SPLITS)}",
+        ),
+        ("data.eval_split", d.eval_split, d.eval_split in SPLITS, f"one of {list(SPLITS)}"),
+        ("model.variant", m.variant, m.variant in VARIANTS, f"one of {list(VARIANTS)}"),
+        ("optim.lr", o.lr, o.lr > 0, "> 0"),
+        ("optim.weight_decay", o.weight_decay, o.weight_decay >= 0, ">= 0"),
+        ("optim.head_lr_mult", o.head_lr_mult, o.head_lr_mult > 0, "> 0"),
+        (
+            "optim.betas",
+            o.betas,
+            len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas),
+            "[b1, b2] in [0, 1)",
+        ),
+        ("optim.warmup_steps", o.warmup_steps, o.warmup_steps >= 0, ">= 0"),
+        ("optim.poly_power", o.poly_power, o.poly_power > 0, "> 0"),
+        ("optim.grad_clip", o.grad_clip, o.grad_clip is None or o.grad_clip > 0, "> 0 or null"),
+        ("train.epochs", t.epochs, t.epochs >= 1, ">= 1"),
+        ("train.batch_size", t.batch_size, t.batch_size >= 1, ">= 1"),
+        (
+            "train.eval_batch_size",
+            t.eval_batch_size,
+            t.eval_batch_size is None or t.eval_batch_size >= 1,
+            ">= 1",
+        ),
+        ("train.grad_accum", t.grad_accum, t.grad_accum >= 1, ">= 1"),
+        ("train.log_every", t.log_every, t.log_every >= 1, ">= 1"),
+        ("early_stop.patience", e.patience, e.patience >= 0, ">= 0 (0 turns early stopping off)"),
+        ("early_stop.min_delta", e.min_delta, e.min_delta >= 0, ">= 0"),
+    ]
+    errors = [f"{key} = {value!r}: must be {rule}" for key, value, ok, rule in rules if not ok]
+    if errors:
+        raise UserError("invalid configuration:\n  " + "\n  ".join(errors))

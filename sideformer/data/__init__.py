@@ -1,0 +1,1 @@
+"""Datasets in the metadata.json layout, their checks, transforms and synthetic scenes."""

@@ -1,0 +1,70 @@
+"""Decode images and masks with OpenCV. Colour masks are mapped to class ids through the palette."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from sideformer.errors import UserError
+
+
+def read_image(path: Path) -> np.ndarray:
+    """RGB uint8 HxWx3."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise UserError(f"{path}: cannot read image (missing, empty or not an image file).")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def read_mask(path: Path, palette: Sequence[Sequence[int]] | None) -> np.ndarray:
+    """Class ids uint8 HxW. A 3-channel mask is decoded through `palette` by exact colour match."""
+    mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if mask is None:
+        raise UserError(f"{path}: cannot read mask (missing, empty or not an image file).")
+    if mask.dtype != np.uint8:
+        raise UserError(f"{path}: mask is {mask.dtype}; save masks as 8-bit PNG (class ids 0..255).")
+    if mask.ndim == 2:
+        return mask
+    if mask.ndim == 3 and mask.shape[2] in (3, 4):
+        if palette is None:
+            raise UserError(
+                f"{path}: colour mask but the dataset has no 'palette'; add one to metadata.json "
+                f"or save masks as single-channel class ids."
+            )
+        return decode_palette(cv2.cvtColor(mask[:, :, :3], cv2.COLOR_BGR2RGB), palette, path)
+    raise UserError(f"{path}: mask has shape {mask.shape}; expected HxW ids or HxWx3 palette colours.")
+
+
+def decode_palette(
+    rgb: np.ndarray, palette: Sequence[Sequence[int]], path: Path | str = "mask"
+) -> np.ndarray:
+    """Map each pixel's exact colour to its palette index; an unknown colour is an error naming it."""
+    codes = _pack(rgb.reshape(-1, 3))
+    table = _pack(np.asarray(palette, dtype=np.uint8).reshape(-1, 3))
+    order = np.argsort(table)
+    positions = np.searchsorted(table, codes, sorter=order).clip(max=len(table) - 1)
+    ids = order[positions]
+    unknown = table[ids] != codes
+    if unknown.any():
+        bad = codes[unknown][0]
+        colour = ((bad >> 16) & 255, (bad >> 8) & 255, bad & 255)
+        raise UserError(
+            f"{path}: colour {colour} (RGB) at {int(unknown.sum())} pixel(s) is not in the palette; "
+            f"add it to metadata.json 'palette' or repaint those pixels."
+        )
+    return ids.astype(np.uint8).reshape(rgb.shape[:2])
+
+
+def _pack(rgb: np.ndarray) -> np.ndarray:
+    rgb = rgb.astype(np.int32)
+    return (rgb[:, 0] << 16) | (rgb[:, 1] << 8) | rgb[:, 2]
+
+
+def colorize(mask: np.ndarray, palette: Sequence[Sequence[int]]) -> np.ndarray:
+    """Class ids → RGB via the palette (ids outside it, e.g. ignore, become black)."""
+    lut = np.zeros((256, 3), dtype=np.uint8)
+    lut[: len(palette)] = np.asarray(palette, dtype=np.uint8)
+    return lut[mask]

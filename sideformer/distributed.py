@@ -1,0 +1,88 @@
+"""Process-group setup from the standard environment (torchrun, the Kubeflow Training Operator).
+
+Reads RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT; NCCL on GPU, gloo on CPU. Device
+visibility and NCCL tuning stay environment variables: nothing here overrides them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def setup(device_preference: str = "auto") -> DistEnv:
+    """Join the process group when WORLD_SIZE > 1 and pick this process's device."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = device_preference == "cuda" or (device_preference == "auto" and torch.cuda.is_available())
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    if world_size > 1 and not dist.is_initialized():
+        timeout = timedelta(seconds=int(os.environ.get("SIDEFORMER_DIST_TIMEOUT", "1800")))
+        dist.init_process_group(
+            backend="nccl" if use_cuda else "gloo",
+            timeout=timeout,
+            device_id=device if use_cuda else None,
+        )
+    return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+
+
+def cleanup() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(tensor: torch.Tensor, env: DistEnv) -> torch.Tensor:
+    if env.is_distributed:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def broadcast_object(obj: Any, env: DistEnv) -> Any:
+    """Rank 0's `obj` on every rank (checkpoints, stop decisions), so only rank 0 reads the filesystem."""
+    if not env.is_distributed:
+        return obj
+    box = [obj if env.is_main else None]
+    dist.broadcast_object_list(box, src=0, device=env.device if env.device.type == "cuda" else None)
+    return box[0]
+
+
+def barrier(env: DistEnv) -> None:
+    if env.is_distributed:
+        dist.barrier()
+
+
+def sync_buffers(model: torch.nn.Module, env: DistEnv) -> None:
+    """Copy rank 0's buffers (BatchNorm running stats) to every rank.
+
+    DDP broadcasts them before each forward, but the last training step updates them locally: without
+    this, ranks would validate slightly different models.
+    """
+    if env.is_distributed:
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)

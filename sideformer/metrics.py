@@ -1,0 +1,52 @@
+"""Segmentation metrics from a confusion matrix that lives on the device.
+
+Updating is a bincount on the device, with no host sync per batch; ranks sum their matrices, so the
+result equals a single-process evaluation over the same samples exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class SegMetrics:
+    miou: float
+    """Mean IoU over the classes present in the labels or the predictions (NaN classes skipped)."""
+    pixel_accuracy: float
+    per_class_iou: list[float]
+    """NaN for a class absent from both labels and predictions."""
+
+
+class ConfusionMatrix:
+    def __init__(self, num_classes: int, ignore_index: int, device: torch.device | str = "cpu") -> None:
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+
+    @torch.no_grad()
+    def update(self, predictions: torch.Tensor, labels: torch.Tensor) -> None:
+        """Rows are labels, columns predictions; ignore_index pixels are skipped."""
+        valid = labels != self.ignore_index
+        index = labels[valid].long() * self.num_classes + predictions[valid].long()
+        self.matrix += torch.bincount(index, minlength=self.num_classes**2).view(self.num_classes, -1)
+
+    def compute(self) -> SegMetrics:
+        return metrics_from_confusion(self.matrix)
+
+
+def metrics_from_confusion(matrix: torch.Tensor) -> SegMetrics:
+    m = matrix.double().cpu()
+    true_positive = m.diag()
+    union = m.sum(0) + m.sum(1) - true_positive
+    iou = true_positive / union  # 0/0 -> NaN: the class is neither labelled nor predicted
+    present = ~torch.isnan(iou)
+    total = m.sum()
+    return SegMetrics(
+        miou=float(iou[present].mean()) if present.any() else math.nan,
+        pixel_accuracy=float(true_positive.sum() / total) if total > 0 else math.nan,
+        per_class_iou=[float(v) for v in iou],
+    )

@@ -1,0 +1,64 @@
+"""SegFormer from a hub id / local directory, or a b0–b5 architecture with random weights."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import SegformerConfig, SegformerForSemanticSegmentation
+
+from sideformer.config import ModelConfig
+from sideformer.errors import UserError
+
+# MiT encoder sizes from the SegFormer paper (Table 6); heads, strides and sr ratios are shared.
+VARIANT_ARCH: dict[str, dict[str, Any]] = {
+    "b0": {"hidden_sizes": [32, 64, 160, 256], "depths": [2, 2, 2, 2], "decoder_hidden_size": 256},
+    "b1": {"hidden_sizes": [64, 128, 320, 512], "depths": [2, 2, 2, 2], "decoder_hidden_size": 256},
+    "b2": {"hidden_sizes": [64, 128, 320, 512], "depths": [3, 4, 6, 3], "decoder_hidden_size": 768},
+    "b3": {"hidden_sizes": [64, 128, 320, 512], "depths": [3, 4, 18, 3], "decoder_hidden_size": 768},
+    "b4": {"hidden_sizes": [64, 128, 320, 512], "depths": [3, 8, 27, 3], "decoder_hidden_size": 768},
+    "b5": {"hidden_sizes": [64, 128, 320, 512], "depths": [3, 6, 40, 3], "decoder_hidden_size": 768},
+}
+
+# SegformerImageProcessor's defaults: ImageNet statistics, applied on the device to uint8 batches.
+IMAGE_MEAN = (0.485, 0.456, 0.406)
+IMAGE_STD = (0.229, 0.224, 0.225)
+
+
+def build_model(
+    config: ModelConfig, id2label: dict[int, str], ignore_index: int = 255
+) -> SegformerForSemanticSegmentation:
+    labels = {
+        "id2label": id2label,
+        "label2id": {v: k for k, v in id2label.items()},
+        "num_labels": len(id2label),
+    }
+    if config.pretrained:
+        try:
+            # The MiT hub checkpoints hold the encoder only; the decode head starts fresh for our classes.
+            return SegformerForSemanticSegmentation.from_pretrained(
+                config.pretrained,
+                ignore_mismatched_sizes=True,
+                semantic_loss_ignore_index=ignore_index,
+                **labels,
+            )
+        except (OSError, ValueError) as exc:
+            raise UserError(
+                f"model.pretrained={config.pretrained!r}: cannot load weights ({str(exc).splitlines()[0]}). "
+                f"Give a local directory (e.g. a mounted HF cache), check HF_HUB_OFFLINE/network access, "
+                f"or set model.pretrained=null and model.variant=b0..b5 for random weights."
+            ) from None
+    arch = SegformerConfig(**VARIANT_ARCH[config.variant], semantic_loss_ignore_index=ignore_index, **labels)
+    return SegformerForSemanticSegmentation(arch)
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    """uint8 NCHW on the device -> float, ImageNet-normalised."""
+    mean = torch.tensor(IMAGE_MEAN, device=images.device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(IMAGE_STD, device=images.device).view(1, 3, 1, 1) * 255
+    return (images.float() - mean) / std
+
+
+def upsample_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """SegFormer predicts at 1/4 resolution; loss and metrics are computed at label size."""
+    return torch.nn.functional.interpolate(logits, size=size, mode="bilinear", align_corners=False)
