@@ -50,7 +50,7 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     pretrained: str | None = None
-    """Hub id (nvidia/mit-b0 … nvidia/mit-b5) or a local directory; None builds `variant` with random weights."""
+    """Hub id (nvidia/mit-b0 … mit-b5) or a local directory; None: `variant` with random weights."""
     variant: str = "b0"
     channels_last: bool = False
 

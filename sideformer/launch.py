@@ -9,7 +9,7 @@ from sideformer.errors import UserError
 
 
 def resolve_nproc(value: str) -> int:
-    """'auto' is one process per GPU, or 1 without GPUs (torchrun's own 'auto' would start one per CPU core)."""
+    """'auto': one process per GPU, or 1 without GPUs (torchrun's 'auto' starts one per CPU core)."""
     if value == "auto":
         import torch
 

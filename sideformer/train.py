@@ -467,6 +467,9 @@ def _write_final_outputs(
 
 
 def _save_pretrained_atomically(model: torch.nn.Module, target: Path, meta: DatasetMeta) -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a shard progress bar per save is noise in logs
     staging = target.with_name(f".{target.name}.tmp")
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging)

@@ -117,7 +117,8 @@ def _check_sample(sample: Sample, meta: DatasetMeta) -> tuple[list[Problem], Cou
         problems.append(
             Problem(
                 sample.mask,
-                f"class id(s) {bad} outside 0..{meta.num_classes - 1} and not ignore_index {meta.ignore_index}",
+                f"class id(s) {bad} outside 0..{meta.num_classes - 1} "
+                f"and not ignore_index {meta.ignore_index}",
                 "remap them to a class id, or to ignore_index for unlabeled pixels",
             )
         )

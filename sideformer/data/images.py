@@ -49,7 +49,7 @@ def decode_palette(
     ids = order[positions]
     unknown = table[ids] != codes
     if unknown.any():
-        bad = codes[unknown][0]
+        bad = int(codes[unknown][0])
         colour = ((bad >> 16) & 255, (bad >> 8) & 255, bad & 255)
         raise UserError(
             f"{path}: colour {colour} (RGB) at {int(unknown.sum())} pixel(s) is not in the palette; "

@@ -20,7 +20,7 @@ def resize_short_side(image: np.ndarray, mask: np.ndarray, short: int) -> tuple[
         return image, mask
     interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
     return cv2.resize(image, size, interpolation=interp), cv2.resize(
-        mask, size, interpolation=cv2.INTER_NEAREST
+        mask, size, interpolation=cv2.INTER_NEAREST_EXACT
     )
 
 

@@ -1,0 +1,17 @@
+"""Shared fixtures: small datasets written by the project's own synthesiser and by hand."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def synth_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny synthetic dataset shared by the tests that only read it."""
+    from sideformer.data.synth import write_synthetic_dataset
+
+    return write_synthetic_dataset(
+        tmp_path_factory.mktemp("synth") / "data", train=16, valid=8, size=(64, 64), seed=3
+    )
