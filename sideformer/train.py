@@ -18,12 +18,14 @@ Output layout under `config.output`:
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
 import random
 import shutil
 import time
+import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -79,6 +81,8 @@ class TrainResult:
     best: EpochMetrics
     history: list[EpochMetrics] = field(default_factory=list)
     stop_reason: Literal["completed", "early_stopped", "reported"] = "completed"
+    model: torch.nn.Module | None = None
+    """The module as training left it (last epoch; identical on every rank). The best weights are on disk."""
 
 
 Report = Callable[[EpochMetrics], bool]
@@ -181,6 +185,9 @@ def _train(config: Config, env: DistEnv, report: Report | None, resume: bool) ->
         model = model.to(memory_format=torch.channels_last)
     if env.is_distributed and env.device.type == "cuda":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # the decode head's BatchNorm
+    # The CPU depthwise-conv backward returns channels-last grads for the MixFFN weights; DDP copies
+    # them into its buckets and warns every step. The copy is a few KB per block: not worth the noise.
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
     ddp_model = (
         DistributedDataParallel(model, device_ids=[env.local_rank] if env.device.type == "cuda" else None)
         if env.is_distributed
@@ -189,14 +196,16 @@ def _train(config: Config, env: DistEnv, report: Report | None, resume: bool) ->
     optimizer = _build_optimizer(model, config, fused=env.device.type == "cuda")
     steps_per_epoch = math.ceil(len(train_loader) / config.train.grad_accum)
     total_steps = steps_per_epoch * config.train.epochs
-    if config.optim.warmup_steps >= total_steps:
+    warmup_steps = min(config.optim.warmup_steps, total_steps - 1)  # the schedule needs one decay step
+    if warmup_steps < config.optim.warmup_steps and env.is_main:
         log.warning(
-            "optim.warmup_steps=%d covers the whole run (%d steps): the learning rate never decays",
+            "optim.warmup_steps=%d is longer than the run (%d optimizer steps); warming up for %d instead",
             config.optim.warmup_steps,
             total_steps,
+            warmup_steps,
         )
     scheduler = get_polynomial_decay_schedule_with_warmup(
-        optimizer, config.optim.warmup_steps, total_steps, lr_end=0.0, power=config.optim.poly_power
+        optimizer, warmup_steps, total_steps, lr_end=0.0, power=config.optim.poly_power
     )
     autocast_dtype = _autocast_dtype(config.train.precision, env.device)
     early = EarlyStopping(config.early_stop.monitor, config.early_stop.patience, config.early_stop.min_delta)
@@ -350,7 +359,7 @@ def _train(config: Config, env: DistEnv, report: Report | None, resume: bool) ->
         )
         wandb.finish()
     distributed.barrier(env)
-    return TrainResult(output=output, best=best, history=history, stop_reason=stop_reason)
+    return TrainResult(output=output, best=best, history=history, stop_reason=stop_reason, model=model)
 
 
 def _load_checked_dataset(config: Config) -> DatasetMeta:
@@ -444,10 +453,11 @@ def _write_final_outputs(
     stop_reason: str,
     config: Config,
 ) -> None:
-    model.load_state_dict(load_checkpoint(output / BEST)["model"])
+    best_model = copy.deepcopy(model)
+    best_model.load_state_dict(load_checkpoint(output / BEST)["model"])
     final = output / "final_ckpts"
-    save_checkpoint(final / "best_model.pth", model.state_dict())
-    _save_pretrained_atomically(model, final / "model", meta)
+    save_checkpoint(final / "best_model.pth", best_model.state_dict())
+    _save_pretrained_atomically(best_model, final / "model", meta)
     atomic_write_json(
         output / "metrics.json",
         {

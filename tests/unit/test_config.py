@@ -27,7 +27,7 @@ def test_file_then_overrides(tmp_path: Path) -> None:
 
 def test_ints_are_accepted_for_floats_but_not_bools() -> None:
     assert load_config(overrides=["optim.lr=1"]).optim.lr == 1.0
-    with pytest.raises(UserError, match="'train.epochs' must be int"):
+    with pytest.raises(UserError, match=r"'train\.epochs' must be int"):
         load_config(overrides=["train.epochs=true"])
 
 

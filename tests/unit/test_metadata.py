@@ -41,7 +41,7 @@ def test_legacy_form_takes_classes_from_the_config(tmp_path: Path) -> None:
     meta = load_metadata(tmp_path, classes=CLASSES)
     assert meta.classes == CLASSES
     assert meta.split("valid")[0].mask == tmp_path / "v.png"
-    with pytest.raises(UserError, match="data.classes"):
+    with pytest.raises(UserError, match=r"data\.classes"):
         load_metadata(tmp_path)
 
 
