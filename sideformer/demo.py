@@ -67,5 +67,5 @@ def format_result(result: TrainResult, classes: list[str]) -> str:
         f"  per-epoch log             {result.output / 'train_log.jsonl'}",
     ]
     if (result.output / "wandb").is_dir():
-        lines.append(f"  W&B run files             {result.output / 'wandb'}  (`wandb sync` uploads offline runs)")
+        lines.append(f"  W&B run files             {result.output / 'wandb'}  (`wandb sync` uploads them)")
     return "\n".join(lines)

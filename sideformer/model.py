@@ -28,11 +28,8 @@ IMAGE_STD = (0.229, 0.224, 0.225)
 def build_model(
     config: ModelConfig, id2label: dict[int, str], ignore_index: int = 255
 ) -> SegformerForSemanticSegmentation:
-    labels = {
-        "id2label": id2label,
-        "label2id": {v: k for k, v in id2label.items()},
-        "num_labels": len(id2label),
-    }
+    # num_labels follows from id2label; passing both trips a consistency warning in transformers.
+    labels = {"id2label": id2label, "label2id": {v: k for k, v in id2label.items()}}
     if config.pretrained:
         try:
             # The MiT hub checkpoints hold the encoder only; the decode head starts fresh for our classes.

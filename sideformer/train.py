@@ -50,7 +50,7 @@ from sideformer.data.metadata import DatasetMeta, load_metadata
 from sideformer.data.transforms import TrainTransform
 from sideformer.distributed import DistEnv
 from sideformer.errors import UserError
-from sideformer.evaluation import eval_loader, evaluate
+from sideformer.evaluation import EvalResult, eval_loader, evaluate
 from sideformer.model import build_model, normalize, upsample_logits
 from sideformer.tracking import JsonLinesLog, WandbRun
 
@@ -69,7 +69,9 @@ class EpochMetrics:
     val_per_class_iou: dict[str, float]
     lr: float
     images_per_second: float
+    """Training images per second over all ranks, data loading included, validation excluded."""
     seconds: float
+    """Wall time of the epoch, validation included."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -285,6 +287,7 @@ def _train(config: Config, env: DistEnv, report: Report | None, resume: bool) ->
             if env.is_main and (step + 1) % config.train.log_every == 0:
                 batches.set_postfix(loss=f"{loss.item():.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
 
+        train_seconds = time.perf_counter() - started
         distributed.sync_buffers(model, env)  # BatchNorm running stats: validate what rank 0 will save
         val = evaluate(
             model,
@@ -310,7 +313,7 @@ def _train(config: Config, env: DistEnv, report: Report | None, resume: bool) ->
             val_pixel_accuracy=val.metrics.pixel_accuracy,
             val_per_class_iou=dict(zip(meta.classes, val.metrics.per_class_iou, strict=True)),
             lr=scheduler.get_last_lr()[0],
-            images_per_second=float(stats[2]) / seconds,
+            images_per_second=float(stats[2]) / train_seconds,
             seconds=seconds,
         )
         history.append(metrics)
@@ -352,7 +355,18 @@ def _train(config: Config, env: DistEnv, report: Report | None, resume: bool) ->
     # --- final outputs --------------------------------------------------------------------------------
     best = history[early.best_epoch - 1]
     if env.is_main:
-        _write_final_outputs(output, model, meta, best, history, stop_reason, config)
+        best_model = copy.deepcopy(model)
+        best_model.load_state_dict(load_checkpoint(output / BEST)["model"])
+        test = None
+        if meta.split("test") and config.data.eval_split != "test":
+            # Rank 0 alone: the other ranks only wait at the barrier below.
+            alone = DistEnv(rank=0, world_size=1, local_rank=env.local_rank, device=env.device)
+            loader = eval_loader(meta, "test", base_size, val_loader.batch_size or 1, 0, alone)
+            test = evaluate(best_model, loader, meta.num_classes, meta.ignore_index, alone, autocast_dtype)
+            log.info(
+                "test split: mIoU %.4f, pixel accuracy %.4f", test.metrics.miou, test.metrics.pixel_accuracy
+            )
+        _write_final_outputs(output, best_model, meta, best, history, stop_reason, config, test)
         assert wandb is not None
         wandb.summary(
             {"best_epoch": best.epoch, "best_val_miou": best.val_miou, "best_val_loss": best.val_loss}
@@ -446,15 +460,14 @@ def _finished_result(output: Path) -> TrainResult:
 
 def _write_final_outputs(
     output: Path,
-    model: torch.nn.Module,
+    best_model: torch.nn.Module,
     meta: DatasetMeta,
     best: EpochMetrics,
     history: list[EpochMetrics],
     stop_reason: str,
     config: Config,
+    test: EvalResult | None,
 ) -> None:
-    best_model = copy.deepcopy(model)
-    best_model.load_state_dict(load_checkpoint(output / BEST)["model"])
     final = output / "final_ckpts"
     save_checkpoint(final / "best_model.pth", best_model.state_dict())
     _save_pretrained_atomically(best_model, final / "model", meta)
@@ -468,6 +481,14 @@ def _write_final_outputs(
             "dataset": meta.name,
             "classes": meta.classes,
             "best": best.to_dict(),
+            "test": None
+            if test is None
+            else {
+                "loss": test.loss,
+                "miou": test.metrics.miou,
+                "pixel_accuracy": test.metrics.pixel_accuracy,
+                "per_class_iou": dict(zip(meta.classes, test.metrics.per_class_iou, strict=True)),
+            },
             "history": [h.to_dict() for h in history],
         },
     )

@@ -13,5 +13,5 @@ def synth_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from sideformer.data.synth import write_synthetic_dataset
 
     return write_synthetic_dataset(
-        tmp_path_factory.mktemp("synth") / "data", train=16, valid=8, size=(64, 64), seed=3
+        tmp_path_factory.mktemp("synth") / "data", train=16, valid=8, test=4, size=(64, 64), seed=3
     )

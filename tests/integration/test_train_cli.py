@@ -48,6 +48,7 @@ def test_outputs_and_wandb_offline(synth_dataset: Path, tmp_path: Path, run) -> 
     assert hf_config["id2label"]["1"] == "sidewalk_blocks" and len(hf_config["id2label"]) == 22
     summary = json.loads((output / "metrics.json").read_text())
     assert summary["epochs_run"] == 2 and len(summary["best"]["val_per_class_iou"]) == 22
+    assert 0.0 <= summary["test"]["miou"] <= 1.0 and len(summary["test"]["per_class_iou"]) == 22
     lines = (output / "train_log.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
     assert (output / "config.yaml").is_file()
@@ -96,3 +97,18 @@ def test_demo_learns_well_above_chance(tmp_path: Path, run) -> None:
     chance_miou, chance_accuracy = majority_class_miou(folder / "data")
     assert best["val_miou"] > 3 * chance_miou, (best["val_miou"], chance_miou)
     assert best["val_pixel_accuracy"] > chance_accuracy + 0.1, (best["val_pixel_accuracy"], chance_accuracy)
+
+
+def test_unreachable_pretrained_weights_fail_before_training(
+    synth_dataset: Path, tmp_path: Path, run
+) -> None:
+    """Air-gapped: a hub id that is not in the local cache is one clear error line, not a traceback."""
+    env = env_for(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "empty-hf-cache"))
+    settings = [*TINY, "model.pretrained=nvidia/mit-b0"]
+    cmd = with_settings(
+        sideformer("train", "--data", str(synth_dataset), "--output", str(tmp_path / "run")), settings
+    )
+    proc = run(cmd, env=env)
+    assert proc.returncode == 2
+    assert "model.pretrained='nvidia/mit-b0': cannot load weights" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,284 @@
+"""Training throughput: SideFormer's loop vs a loop written the HF docs' way, in one run on one machine.
+
+Both train SegFormer-b0 (random init, same SegformerConfig and labels) on the same synthetic images, with
+the same batch size, loader workers, torch thread count, device and number of measured epochs (after one
+warm-up epoch). Images/s cover the training epoch with data loading included and validation excluded.
+
+What differs, on purpose (each side as it would really be used):
+  - SideFormer decodes with OpenCV and augments (random scale 0.5-2x, crop, flip, colour jitter), ships
+    uint8 tensors from the workers and normalises on the device; the reference opens files with PIL and
+    runs SegformerImageProcessorPil (resize, rescale, normalise to float32) and does no augmentation.
+  - SideFormer's AdamW has parameter groups (head lr x10, no decay on norms/biases) and a poly schedule;
+    the reference uses plain AdamW(lr=6e-5). Neither changes the cost of a step measurably.
+  - SideFormer computes the loss itself (upsample + cross-entropy with ignore_index); the reference passes
+    labels= so the model does the same computation.
+What is aligned although the HF docs do otherwise: the reference loader uses the same num_workers,
+persistent workers, pin_memory and drop_last as SideFormer's, so the comparison is about the loops.
+
+    .venv/bin/python benchmarks/train_throughput.py [--quick] [--json results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import logging
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, RandomSampler
+from transformers import SegformerImageProcessorPil
+
+from sideformer.atomic import atomic_write_json
+from sideformer.config import Config, ModelConfig, load_config
+from sideformer.data.dataset import SegmentationDataset, pad_collate, worker_init
+from sideformer.data.metadata import DatasetMeta, load_metadata
+from sideformer.data.synth import write_synthetic_dataset
+from sideformer.data.transforms import TrainTransform
+from sideformer.model import build_model
+from sideformer.train import train
+
+Batch = tuple[torch.Tensor, torch.Tensor] | dict[str, torch.Tensor]
+
+
+def machine() -> dict[str, Any]:
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown")
+    return {
+        "cpu": cpu,
+        "cores": len(os.sched_getaffinity(0)),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def sideformer_config(args: argparse.Namespace, data: Path, output: Path, device: str) -> Config:
+    height, width = args.size
+    return load_config(
+        base={
+            "output": str(output),
+            "data": {"path": str(data), "crop_size": [height, width], "num_workers": args.workers},
+            "model": {"variant": "b0"},
+            "optim": {"warmup_steps": 0},  # the schedule's shape does not change the cost of a step
+            "train": {
+                "epochs": 1 + args.epochs,
+                "batch_size": args.batch_size,
+                "device": device,
+                "precision": args.precision,
+            },
+            "early_stop": {"patience": 0},
+            "wandb": {"enabled": False},
+        }
+    )
+
+
+def sideformer_loader(config: Config, meta: DatasetMeta, device: torch.device) -> DataLoader:
+    """SideFormer's training DataLoader, built as train.py builds it (single process)."""
+    d = config.data
+    transform = TrainTransform(
+        crop_size=(d.crop_size[0], d.crop_size[1]),
+        base_size=d.base_size or min(d.crop_size),
+        scale_range=(d.scale_range[0], d.scale_range[1]),
+        hflip=d.hflip,
+        color_jitter=d.color_jitter,
+        ignore_index=meta.ignore_index,
+    )
+    dataset = SegmentationDataset(meta.split("train"), meta.palette, transform)
+    return loader_like_sideformer(dataset, config, pad_collate(meta.ignore_index), worker_init, device)
+
+
+class HFDocsDataset(Dataset):
+    """PIL decoding + SegformerImageProcessorPil (resize, rescale, normalise), as in the HF docs."""
+
+    def __init__(self, meta: DatasetMeta, size: tuple[int, int]) -> None:
+        self.samples = meta.split("train")
+        self.processor = SegformerImageProcessorPil(
+            size={"height": size[0], "width": size[1]}, do_reduce_labels=False
+        )
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        sample = self.samples[index]
+        image, mask = Image.open(sample.image).convert("RGB"), Image.open(sample.mask)
+        encoded = self.processor(images=image, segmentation_maps=mask, return_tensors="pt")
+        return {"pixel_values": encoded["pixel_values"][0], "labels": encoded["labels"][0]}
+
+
+def loader_like_sideformer(
+    dataset: Dataset, config: Config, collate: Any, init: Any, device: torch.device
+) -> DataLoader:
+    """Shuffle, workers, persistence, pinning and drop_last exactly as train.py sets them."""
+    workers, batch = config.data.num_workers, config.train.batch_size
+    return DataLoader(
+        dataset,
+        batch_size=batch,
+        sampler=RandomSampler(dataset, generator=torch.Generator().manual_seed(config.train.seed)),
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=device.type == "cuda",
+        drop_last=len(dataset) > batch,  # type: ignore[arg-type]
+        worker_init_fn=init,
+        persistent_workers=workers > 0,
+    )
+
+
+def batch_size_of(batch: Batch) -> int:
+    return len(batch["labels"]) if isinstance(batch, dict) else len(batch[0])
+
+
+def reference_training(
+    loader: DataLoader, meta: DatasetMeta, device: torch.device, epochs: int
+) -> list[float]:
+    """The HF docs' loop: the model computes its own loss from labels=. Returns img/s per measured epoch."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(variant="b0"), meta.id2label, meta.ignore_index).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=6e-5)
+    model.train()
+    rates = []
+    for _ in range(1 + epochs):  # the first epoch is warm-up
+        started, seen = time.perf_counter(), 0
+        for batch in loader:
+            pixel_values = batch["pixel_values"].to(device, non_blocking=True)
+            labels = batch["labels"].to(device, non_blocking=True)
+            loss = model(pixel_values=pixel_values, labels=labels).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            seen += len(labels)
+        if device.type == "cuda":
+            torch.cuda.synchronize()  # SideFormer's timer does not wait for the last queued steps
+        rates.append(seen / (time.perf_counter() - started))
+    return rates[1:]
+
+
+def loader_rate(loader: DataLoader, warmup: int, batches: int) -> float:
+    """Images/s of iterating `loader` (across epochs) for `batches` batches after `warmup` batches."""
+
+    def endless() -> Iterator[Batch]:
+        while True:
+            yield from loader
+
+    stream = endless()
+    for _ in range(warmup):
+        next(stream)
+    started, seen = time.perf_counter(), 0
+    for _ in range(batches):
+        seen += batch_size_of(next(stream))
+    rate = seen / (time.perf_counter() - started)
+    stream.close()
+    return rate
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    height, _, width = text.lower().partition("x")
+    return int(height), int(width)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=parse_size, default=(256, 256), help="image size HxW (256x256)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--images", type=int, default=64, help="training images (64)")
+    parser.add_argument("--epochs", type=int, default=2, help="measured epochs, after one warm-up epoch")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers for both loops")
+    parser.add_argument("--loader-batches", type=int, default=40, help="batches timed per data pipeline")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads")
+    parser.add_argument(
+        "--precision", choices=["fp32", "auto"], default="fp32", help="SideFormer's (auto: bf16 on GPU)"
+    )
+    parser.add_argument("--quick", action="store_true", help="16 images at 128x128, 1 measured epoch")
+    parser.add_argument("--json", type=Path, help="also write every number here")
+    args = parser.parse_args()
+    if args.quick:
+        args.images, args.size, args.epochs, args.loader_batches = 16, (128, 128), 1, 8
+    logging.basicConfig(level=logging.INFO, format="  %(message)s")
+    torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    info = machine()
+    print(
+        f"machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']}, "
+        f"transformers {info['transformers']}, {info['torch_threads']} torch threads, GPU {info['gpu']}"
+    )
+    print(
+        f"settings: b0 random init, {args.images} images {args.size[0]}x{args.size[1]}, batch "
+        f"{args.batch_size}, {args.workers} workers, 1 warm-up + {args.epochs} measured epoch(s), {device}"
+    )
+    print(
+        "note: SideFormer augments (scale/crop/flip/jitter) while the reference only resizes: the realistic "
+        "comparison, not identical work per image"
+    )
+
+    with tempfile.TemporaryDirectory(prefix="sideformer-bench-") as tmp:
+        data = write_synthetic_dataset(Path(tmp) / "data", train=args.images, valid=8, size=args.size)
+        meta = load_metadata(data)
+        config = sideformer_config(args, data, Path(tmp) / "run", device.type)
+
+        print("\n[1] SideFormer end to end: sideformer.train.train(config)")
+        result = train(config)
+        sideformer_rates = [h.images_per_second for h in result.history[1:]]
+        print(f"  sideformer  {', '.join(f'{r:.2f}' for r in sideformer_rates)} img/s (measured epochs)")
+        del result
+        gc.collect()
+        print("\n[2] reference loop, written the HF docs' way")
+        reference_loader = loader_like_sideformer(HFDocsDataset(meta, args.size), config, None, None, device)
+        reference_rates = reference_training(reference_loader, meta, device, args.epochs)
+        print(f"  reference   {', '.join(f'{r:.2f}' for r in reference_rates)} img/s (measured epochs)")
+        del reference_loader
+        gc.collect()
+
+        print("\n[3] data pipelines alone (no model)")
+        ours = sideformer_loader(config, meta, device)
+        theirs = loader_like_sideformer(HFDocsDataset(meta, args.size), config, None, None, device)
+        warmup = len(ours)  # one epoch: workers started, prefetch queues in steady state
+        loader = {"sideformer": loader_rate(ours, warmup, args.loader_batches)}
+        loader["reference"] = loader_rate(theirs, warmup, args.loader_batches)
+        del ours, theirs
+        gc.collect()  # persistent workers end with their loaders
+        for name, rate in loader.items():
+            print(f"  {name:<11} {rate:7.1f} img/s over {args.loader_batches} batches")
+
+        assert torch.get_num_threads() == args.threads, "a run changed the torch thread count"
+
+    ours_rate, theirs_rate = statistics.mean(sideformer_rates), statistics.mean(reference_rates)
+    print("\nresults (img/s, mean over measured epochs; data loading included, validation excluded)")
+    print(f"  sideformer  {ours_rate:7.2f}   per epoch: {', '.join(f'{r:.2f}' for r in sideformer_rates)}")
+    print(f"  reference   {theirs_rate:7.2f}   per epoch: {', '.join(f'{r:.2f}' for r in reference_rates)}")
+    print(
+        f"summary: sideformer {ours_rate:.1f} img/s vs reference {theirs_rate:.1f} img/s "
+        f"({ours_rate / theirs_rate:.2f}x); data loader {loader['sideformer']:.0f} img/s vs "
+        f"{loader['reference']:.0f} img/s ({loader['sideformer'] / loader['reference']:.1f}x), "
+        f"{loader['sideformer'] / ours_rate:.0f}x the training rate"
+    )
+    if args.json:
+        settings = {k: v for k, v in vars(args).items() if k != "json"}
+        atomic_write_json(
+            args.json,
+            {
+                "machine": info,
+                "settings": settings | {"device": device.type},
+                "train_images_per_second": {
+                    "sideformer": {"mean": ours_rate, "epochs": sideformer_rates},
+                    "reference": {"mean": theirs_rate, "epochs": reference_rates},
+                },
+                "loader_images_per_second": loader,
+            },
+        )
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
