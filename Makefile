@@ -8,7 +8,7 @@ TORCH_SPEC     ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean postgres
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,9 +20,14 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/sideformer demo
 
-test: $(STAMP)
+# The tuning tests start a throwaway PostgreSQL server; this installs Debian's package if missing.
+postgres:
+	bash tests/pg/install-postgres.sh
+
+test: $(STAMP) postgres
 	$(BIN)/ruff check sideformer tests benchmarks
 	$(BIN)/ruff format --check sideformer tests benchmarks
+	$(BIN)/shellcheck tests/pg/install-postgres.sh
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)

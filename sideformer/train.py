@@ -287,6 +287,8 @@ def _train(config: Config, env: DistEnv, report: Report | None, resume: bool) ->
             if env.is_main and (step + 1) % config.train.log_every == 0:
                 batches.set_postfix(loss=f"{loss.item():.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
 
+        if env.device.type == "cuda":
+            torch.cuda.synchronize()  # count queued kernels in this epoch's time
         train_seconds = time.perf_counter() - started
         distributed.sync_buffers(model, env)  # BatchNorm running stats: validate what rank 0 will save
         val = evaluate(

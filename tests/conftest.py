@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.pg import postgres_server, postgres_url  # noqa: F401  (real PostgreSQL fixtures)
+
 
 @pytest.fixture(scope="session")
 def synth_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
