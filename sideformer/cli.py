@@ -94,6 +94,56 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.set_defaults(handler=_train)
 
+    tune = commands.add_parser(
+        "tune", help="hyperparameter search, then the final training with the best parameters"
+    )
+    _add_config_args(tune)
+    _add_study_args(tune)
+    tune.add_argument("--skip-hyperopt", action="store_true", help="skip the search; read --hyperparams-file")
+    tune.add_argument(
+        "--hyperparams-file",
+        type=Path,
+        help="best parameters to train with (default: OUTPUT/best_hyperparams.json)",
+    )
+    tune.add_argument(
+        "--nproc-per-node", metavar="N|auto", help="processes per trial on this machine (torchrun)"
+    )
+    tune.set_defaults(handler=_tune)
+
+    search = commands.add_parser(
+        "search", help="run trials until the study's budget is met (what each cluster tune worker runs)"
+    )
+    _add_config_args(search)
+    _add_study_args(search)
+    search.add_argument(
+        "--nproc-per-node", metavar="N|auto", help="processes per trial on this machine (torchrun)"
+    )
+    search.set_defaults(handler=_search)
+
+    final = commands.add_parser(
+        "final", help="train on train+valid with the best parameters of a study or a best_hyperparams.json"
+    )
+    _add_config_args(final)
+    _add_study_args(final)
+    final.add_argument(
+        "--hyperparams-file", type=Path, help="read the parameters from this file, not the study"
+    )
+    final.add_argument("--nproc-per-node", metavar="N|auto", help="processes on this machine (torchrun)")
+    final.set_defaults(handler=_final)
+
+    study = commands.add_parser("study", help="create, inspect or export an Optuna study")
+    study_commands = study.add_subparsers(title="study commands", metavar="ACTION", required=True)
+    create = study_commands.add_parser("create", help="create the study if it does not exist (idempotent)")
+    best = study_commands.add_parser("best", help="print the best trial's parameters as JSON")
+    best.add_argument("--out", type=Path, help="also write them to this file (best_hyperparams.json format)")
+    export = study_commands.add_parser("export", help="write every trial as one JSON object per line")
+    export.add_argument("--out", type=Path, required=True, help="JSON-lines file to write")
+    for sub, handler in ((create, _study_create), (best, _study_best), (export, _study_export)):
+        _add_study_args(sub, required_storage=True)
+        sub.add_argument("--config", type=Path, help="YAML config (its search section: objective, space)")
+        sub.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+        sub.set_defaults(handler=handler)
+
     show = commands.add_parser("config", help="print the resolved configuration (defaults, file, overrides)")
     show.add_argument("--config", type=Path, help="YAML config file")
     show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -115,6 +165,19 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override one setting, e.g. --set train.epochs=20 (repeatable)",
     )
+
+
+def _add_study_args(parser: argparse.ArgumentParser, required_storage: bool = False) -> None:
+    where = "required unless OPTUNA_STORAGE is set" if required_storage else "default: sqlite in --output"
+    parser.add_argument(
+        "--storage", help=f"Optuna storage URL, e.g. postgresql+psycopg2://USER:PASS@HOST/DB ({where})"
+    )
+    parser.add_argument("--study", default="sideformer", help="study name (default: %(default)s)")
+    if parser.prog.split()[-1] in ("tune", "search"):
+        parser.add_argument(
+            "--n-trials", type=int, help="the study's budget of finished trials (search.n_trials)"
+        )
+        parser.add_argument("--seed", type=int, help="sampler seed (default: random, distinct per worker)")
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -165,6 +228,161 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
 
     result = train(config, resume=args.resume)
     print(f"best epoch {result.best.epoch}: val mIoU {result.best.val_miou:.4f}; outputs in {result.output}")
+    return 0
+
+
+def _tuning_config(args: argparse.Namespace, argv: list[str]):  # -> Config
+    from sideformer.config import load_config
+
+    overrides = list(args.overrides)
+    if getattr(args, "n_trials", None) is not None:
+        overrides.append(f"search.n_trials={args.n_trials}")
+    config = load_config(args.config, overrides)
+    if args.nproc_per_node is not None:
+        from sideformer.launch import relaunch_under_torchrun
+
+        relaunch_under_torchrun(args.nproc_per_node, argv)
+    config.data.path, config.output = args.data, args.output
+    return config
+
+
+def _search(args: argparse.Namespace, argv: list[str]) -> int:
+    from sideformer.tune import resolve_storage_url, run_search
+
+    config = _tuning_config(args, argv)
+    storage = resolve_storage_url(args.storage, config.output)
+    run_search(config, storage, args.study, seed=args.seed)
+    return 0
+
+
+def _final(args: argparse.Namespace, argv: list[str]) -> int:
+    from sideformer import distributed
+    from sideformer.tune import run_final
+
+    config = _tuning_config(args, argv)
+    env = distributed.setup(config.train.device)
+    try:
+        best = distributed.on_main(env, lambda: _best_for_final(args, config))
+        result = run_final(config, best, env=env)
+    finally:
+        distributed.cleanup()
+    _print_final(result)
+    return 0
+
+
+def _best_for_final(args: argparse.Namespace, config) -> dict:
+    """From --hyperparams-file, else from the study (and then written to OUTPUT/best_hyperparams.json)."""
+    from sideformer.atomic import atomic_write_json
+    from sideformer.tune import (
+        HYPERPARAMS_FILE,
+        best_hyperparams,
+        open_storage,
+        read_hyperparams,
+        resolve_storage_url,
+    )
+
+    if args.hyperparams_file is not None:
+        return read_hyperparams(args.hyperparams_file)
+    storage = open_storage(resolve_storage_url(args.storage, config.output), config.search)
+    best = best_hyperparams(_load_study(storage, args.study), config.search)
+    atomic_write_json(Path(config.output) / HYPERPARAMS_FILE, best)
+    return best
+
+
+def _tune(args: argparse.Namespace, argv: list[str]) -> int:
+    from sideformer import distributed
+    from sideformer.tune import HYPERPARAMS_FILE, read_hyperparams, resolve_storage_url, run_final, run_search
+
+    config = _tuning_config(args, argv)
+    hyperparams_file = args.hyperparams_file or Path(config.output) / HYPERPARAMS_FILE
+    storage = None if args.skip_hyperopt else resolve_storage_url(args.storage, config.output)
+    if args.skip_hyperopt:
+        read_hyperparams(hyperparams_file)  # a bad file fails now, before any process starts
+    env = distributed.setup(config.train.device)
+    try:
+        if storage is not None:
+            run_search(config, storage, args.study, seed=args.seed, env=env)
+        best = distributed.on_main(env, lambda: read_hyperparams(hyperparams_file))
+        result = run_final(config, best, env=env)
+    finally:
+        distributed.cleanup()
+    _print_final(result)
+    return 0
+
+
+def _print_final(result) -> None:
+    best = result.best
+    print(f"final model after {best.epoch} epoch(s): mIoU {best.val_miou:.4f}; outputs in {result.output}")
+
+
+def _load_study(storage, name: str):
+    import optuna
+
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+        raise UserError(f"no study named {name!r} in this storage (studies: {names or 'none'}).") from None
+
+
+def _study_storage(args: argparse.Namespace):
+    from sideformer.config import load_config
+    from sideformer.tune import open_storage, resolve_storage_url
+
+    if not (args.storage or os.environ.get("OPTUNA_STORAGE")):
+        raise UserError("no storage given: pass --storage URL or set OPTUNA_STORAGE.")
+    config = load_config(args.config, args.overrides)
+    return open_storage(resolve_storage_url(args.storage, "."), config.search), config
+
+
+def _study_create(args: argparse.Namespace, argv: list[str]) -> int:
+    from sideformer.tune import create_study, redact
+
+    storage, config = _study_storage(args)
+    study = create_study(storage, args.study, config.search)
+    print(
+        f"study {study.study_name!r} ({study.direction.name.lower()} {config.search.objective}) is ready "
+        f"with {len(study.trials)} trial(s) in {redact(args.storage or os.environ['OPTUNA_STORAGE'])}"
+    )
+    return 0
+
+
+def _study_best(args: argparse.Namespace, argv: list[str]) -> int:
+    import json
+
+    from sideformer.atomic import atomic_write_json
+    from sideformer.tune import best_hyperparams
+
+    storage, config = _study_storage(args)
+    best = best_hyperparams(_load_study(storage, args.study), config.search)
+    if args.out:
+        atomic_write_json(args.out, best)
+    print(json.dumps(best, indent=2))
+    return 0
+
+
+def _study_export(args: argparse.Namespace, argv: list[str]) -> int:
+    import json
+
+    from sideformer.atomic import atomic_write_text
+
+    storage, _ = _study_storage(args)
+    study = _load_study(storage, args.study)
+    rows = [
+        {
+            "number": t.number,
+            "state": t.state.name,
+            "value": t.value,
+            "params": t.params,
+            "intermediate_values": t.intermediate_values,
+            "user_attrs": t.user_attrs,
+            "datetime_start": t.datetime_start.isoformat() if t.datetime_start else None,
+            "datetime_complete": t.datetime_complete.isoformat() if t.datetime_complete else None,
+        }
+        for t in study.get_trials(deepcopy=False)
+    ]
+    atomic_write_text(args.out, "".join(json.dumps(row) + "\n" for row in rows))
+    print(f"wrote {len(rows)} trial(s) of study {args.study!r} to {args.out}")
     return 0
 
 

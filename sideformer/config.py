@@ -93,6 +93,8 @@ class EarlyStopConfig:
 class CheckpointConfig:
     keep_temp: bool = False
     """Keep temp_ckpts/ (last.pth, best.pth) after a run finishes."""
+    select: Literal["best", "last"] = "best"
+    """Which epoch becomes final_ckpts/: the best by early_stop.monitor, or the last (final runs)."""
 
 
 @dataclass
@@ -106,6 +108,43 @@ class WandbConfig:
     name: str | None = None
 
 
+def default_search_space() -> dict[str, dict[str, Any]]:
+    """Keys are dotted config keys; each value is an Optuna distribution (float, int or categorical)."""
+    return {
+        "optim.lr": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True},
+        "optim.weight_decay": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
+        "optim.head_lr_mult": {"type": "categorical", "choices": [1.0, 10.0]},
+        "optim.warmup_steps": {"type": "int", "low": 0, "high": 1500, "step": 100},
+        "train.batch_size": {"type": "categorical", "choices": [4, 8]},
+    }
+
+
+@dataclass
+class SearchConfig:
+    n_trials: int = 20
+    """Global budget: finished (complete or pruned) trials in the study, counted over every worker."""
+    objective: Literal["val_miou", "val_loss"] = "val_miou"
+    """Maximise validation mIoU, or minimise validation loss (the original tool's objective)."""
+    epochs: int = 10
+    """Epochs per trial (the final run trains for the best trial's best epoch count)."""
+    data_fraction: float = 0.5
+    """Fraction of the training split a trial trains on."""
+    pruner: Literal["median", "percentile", "hyperband", "none"] = "median"
+    pruner_warmup_epochs: int = 2
+    """Epochs a trial runs before it can be pruned."""
+    pruner_startup_trials: int = 3
+    """Finished trials before pruning starts."""
+    sampler_startup_trials: int = 5
+    """Random trials before TPE takes over."""
+    heartbeat_interval: int = 30
+    """Seconds between a running trial's heartbeats (RDB storage)."""
+    grace_period: int = 120
+    """Seconds without a heartbeat after which a trial is failed and retried."""
+    max_retry: int = 2
+    """Retries of a trial whose worker died; each resumes from the trial's last checkpoint."""
+    space: dict[str, dict[str, Any]] = field(default_factory=default_search_space)
+
+
 @dataclass
 class Config:
     output: str = ""
@@ -117,6 +156,7 @@ class Config:
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -195,6 +235,13 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
         if value not in args:
             raise UserError(f"{source}: '{key}' must be one of {list(args)}, got {value!r}.")
         return value
+    if hint is Any:
+        return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise UserError(f"{source}: '{key}' must be a mapping, got {value!r}.")
+        _, value_type = args
+        return {str(k): _coerce(v, value_type, f"{key}.{k}", source) for k, v in value.items()}
     if origin is list:
         (item_type,) = args
         if not isinstance(value, list):
@@ -216,7 +263,7 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
 
 def validate(config: Config) -> None:
     """Range checks the types cannot express. Each message names the key, its value and the rule."""
-    d, m, o, t, e = config.data, config.model, config.optim, config.train, config.early_stop
+    d, m, o, t, e, s = config.data, config.model, config.optim, config.train, config.early_stop, config.search
     rules: list[tuple[str, Any, bool, str]] = [
         (
             "data.crop_size",
@@ -266,6 +313,20 @@ def validate(config: Config) -> None:
         ("train.log_every", t.log_every, t.log_every >= 1, ">= 1"),
         ("early_stop.patience", e.patience, e.patience >= 0, ">= 0 (0 turns early stopping off)"),
         ("early_stop.min_delta", e.min_delta, e.min_delta >= 0, ">= 0"),
+        ("search.n_trials", s.n_trials, s.n_trials >= 1, ">= 1"),
+        ("search.epochs", s.epochs, s.epochs >= 1, ">= 1"),
+        ("search.data_fraction", s.data_fraction, 0.0 < s.data_fraction <= 1.0, "in (0, 1]"),
+        ("search.pruner_warmup_epochs", s.pruner_warmup_epochs, s.pruner_warmup_epochs >= 0, ">= 0"),
+        ("search.pruner_startup_trials", s.pruner_startup_trials, s.pruner_startup_trials >= 0, ">= 0"),
+        ("search.sampler_startup_trials", s.sampler_startup_trials, s.sampler_startup_trials >= 0, ">= 0"),
+        ("search.heartbeat_interval", s.heartbeat_interval, s.heartbeat_interval >= 1, ">= 1"),
+        (
+            "search.grace_period",
+            s.grace_period,
+            s.grace_period > s.heartbeat_interval,
+            f"> search.heartbeat_interval ({s.heartbeat_interval})",
+        ),
+        ("search.max_retry", s.max_retry, s.max_retry >= 0, ">= 0"),
     ]
     errors = [f"{key} = {value!r}: must be {rule}" for key, value, ok, rule in rules if not ok]
     if errors:

@@ -7,12 +7,15 @@ visibility and NCCL tuning stay environment variables: nothing here overrides th
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from sideformer.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,21 @@ def broadcast_object(obj: Any, env: DistEnv) -> Any:
     box = [obj if env.is_main else None]
     dist.broadcast_object_list(box, src=0, device=env.device if env.device.type == "cuda" else None)
     return box[0]
+
+
+def on_main(env: DistEnv, fn: Callable[[], Any]) -> Any:
+    """Run `fn` on rank 0 and give every rank its result, or the same UserError on every rank."""
+    result: Any = None
+    error: str | None = None
+    if env.is_main:
+        try:
+            result = fn()
+        except UserError as exc:
+            error = str(exc)
+    result, error = broadcast_object((result, error), env)
+    if error is not None:
+        raise UserError(error)
+    return result
 
 
 def barrier(env: DistEnv) -> None:

@@ -141,7 +141,7 @@ def _train(config: Config, env: DistEnv, report: Report | None, resume: bool) ->
     np.random.seed(config.train.seed)
 
     # --- data: checked on rank 0 before anything else starts -------------------------------------
-    meta = _on_main(env, lambda: _load_checked_dataset(config))
+    meta = distributed.on_main(env, lambda: _load_checked_dataset(config))
     base_size = config.data.base_size or min(config.data.crop_size)
     train_samples = _train_subset(meta, config)
     train_set = SegmentationDataset(
@@ -214,7 +214,7 @@ def _train(config: Config, env: DistEnv, report: Report | None, resume: bool) ->
 
     # --- resume ---------------------------------------------------------------------------------------
     history: list[EpochMetrics] = []
-    checkpoint = _on_main(env, lambda: _resume_state(output, resume))
+    checkpoint = distributed.on_main(env, lambda: _resume_state(output, resume))
     if checkpoint == "finished":
         return _finished_result(output)
     if checkpoint is not None:
@@ -320,6 +320,8 @@ def _train(config: Config, env: DistEnv, report: Report | None, resume: bool) ->
         )
         history.append(metrics)
         is_best = early.step(metrics)  # same all-reduced numbers on every rank -> same decision
+        if config.checkpoint.select == "last":
+            is_best = True
 
         if env.is_main:
             if is_best:
@@ -355,7 +357,7 @@ def _train(config: Config, env: DistEnv, report: Report | None, resume: bool) ->
             break
 
     # --- final outputs --------------------------------------------------------------------------------
-    best = history[early.best_epoch - 1]
+    best = history[-1] if config.checkpoint.select == "last" else history[early.best_epoch - 1]
     if env.is_main:
         best_model = copy.deepcopy(model)
         best_model.load_state_dict(load_checkpoint(output / BEST)["model"])
@@ -519,21 +521,6 @@ def _save_pretrained_atomically(model: torch.nn.Module, target: Path, meta: Data
         shutil.rmtree(old)
     else:
         staging.rename(target)
-
-
-def _on_main(env: DistEnv, fn: Callable[[], Any]) -> Any:
-    """Run `fn` on rank 0 and give every rank its result, or the same UserError on every rank."""
-    result: Any = None
-    error: str | None = None
-    if env.is_main:
-        try:
-            result = fn()
-        except UserError as exc:
-            error = str(exc)
-    result, error = distributed.broadcast_object((result, error), env)
-    if error is not None:
-        raise UserError(error)
-    return result
 
 
 def _epoch_line(m: EpochMetrics, epochs: int, is_best: bool) -> str:

@@ -1,0 +1,481 @@
+"""Hyperparameter search with Optuna: many workers, each possibly a torchrun DDP job, share one study.
+
+- Storage: an RDB URL (`--storage`, `OPTUNA_STORAGE`, default SQLite under the output folder), opened
+  with `pool_pre_ping` (survives a database restart) and heartbeats: a trial whose worker died is failed
+  after the grace period and re-enqueued by `RetryHeartbeatStaleTrialCallback`; the retry resumes from
+  that trial's last checkpoint under `<output>/trials/`.
+- Budget: `search.n_trials` finished (complete or pruned) trials in the study, over all workers. A trial
+  that would exceed it (two workers racing for the last slot) is failed as surplus before it trains, so
+  the study ends with exactly the budget.
+- DDP: rank 0 owns the Optuna trial and sends every other rank the trial's config; `train` broadcasts the
+  prune decision; a final "stop" message releases the other ranks. No rank waits forever.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import secrets
+import time
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sideformer import distributed
+from sideformer.atomic import atomic_write_json
+from sideformer.config import Config, SearchConfig, load_config
+from sideformer.data.metadata import load_metadata
+from sideformer.distributed import DistEnv
+from sideformer.errors import UserError
+from sideformer.train import EpochMetrics, TrainResult, train
+
+if TYPE_CHECKING:
+    import optuna
+
+log = logging.getLogger(__name__)
+
+DIRECTIONS = {"val_miou": "maximize", "val_loss": "minimize"}
+HYPERPARAMS_FILE = "best_hyperparams.json"
+WAIT_SECONDS = 5.0
+
+
+# --- storage and study --------------------------------------------------------------------------------
+
+
+def resolve_storage_url(url: str | None, output: str | Path) -> str:
+    """`--storage`, else OPTUNA_STORAGE, else SQLite in the output folder. Unknown schemes are refused."""
+    url = url or os.environ.get("OPTUNA_STORAGE") or f"sqlite:///{Path(output).resolve() / 'study.db'}"
+    backend = url.split("://", 1)[0].split("+", 1)[0] if "://" in url else ""
+    if backend not in ("sqlite", "postgresql", "mysql"):
+        raise UserError(
+            f"storage {redact(url)!r}: unknown URL scheme; use sqlite:///PATH or "
+            f"postgresql+psycopg2://USER:PASSWORD@HOST:PORT/DATABASE."
+        )
+    return url
+
+
+def redact(url: str) -> str:
+    """The URL with its password hidden: storage URLs end up in logs and error messages."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url.split("@")[-1]
+
+
+def open_storage(url: str, search: SearchConfig) -> optuna.storages.RDBStorage:
+    import optuna
+    import sqlalchemy.exc
+
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": 60}}  # wait on concurrent writers
+    else:
+        engine_kwargs = {"pool_pre_ping": True}  # reconnect transparently after a database restart
+    try:
+        return _with_retries(
+            lambda: optuna.storages.RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=search.heartbeat_interval,
+                grace_period=search.grace_period,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                    max_retry=search.max_retry
+                ),
+            )
+        )
+    except (sqlalchemy.exc.SQLAlchemyError, ModuleNotFoundError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"cannot open the study database {redact(url)}: {reason}. "
+            f"Check that the server is up and the host, port, user and password are right."
+        ) from None
+
+
+def create_study(storage: optuna.storages.RDBStorage, name: str, search: SearchConfig) -> optuna.Study:
+    """Create the study if it does not exist, else load it. Safe when many processes race on an empty
+    database: Optuna's own create_study(load_if_exists=True) is not (optuna#1092)."""
+    import optuna
+
+    def create_or_load() -> optuna.Study:
+        try:
+            study = optuna.create_study(
+                storage=storage, study_name=name, direction=DIRECTIONS[search.objective]
+            )
+            study.set_user_attr("objective", search.objective)
+            return study
+        except optuna.exceptions.DuplicatedStudyError:
+            return optuna.load_study(study_name=name, storage=storage)
+
+    study = _with_retries(create_or_load)
+    if study.direction.name.lower() != DIRECTIONS[search.objective]:
+        raise UserError(
+            f"study {name!r} {study.direction.name.lower()}s but search.objective={search.objective!r} "
+            f"{DIRECTIONS[search.objective]}s; use another --study name or the study's objective."
+        )
+    return study
+
+
+def _with_retries(fn: Any, attempts: int = 8) -> Any:
+    """Retry transient database races (concurrent table creation, serialization failures) with jitter."""
+    import sqlalchemy.exc
+
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except (
+            sqlalchemy.exc.IntegrityError,
+            sqlalchemy.exc.ProgrammingError,
+            sqlalchemy.exc.OperationalError,
+        ):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1) + secrets.randbelow(300) / 1000)
+    raise AssertionError("unreachable")
+
+
+# --- the search space ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Param:
+    key: str
+    distribution: optuna.distributions.BaseDistribution
+    labels: dict[str, Any]
+    """Categorical choices Optuna cannot store (lists such as a crop size) travel as their JSON text."""
+
+
+def parse_space(space: dict[str, dict[str, Any]]) -> list[Param]:
+    """Validate `search.space` into Optuna distributions; every key must be a config key."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    params = []
+    for key, spec in space.items():
+        where = f"search.space.{key}"
+        if key.split(".")[0] in ("search", "output") or key == "data.path":
+            raise UserError(f"{where}: '{key}' cannot be searched.")
+        kind = spec.get("type")
+        extra = set(spec) - {"type", "low", "high", "log", "step", "choices"}
+        if extra:
+            raise UserError(
+                f"{where}: unknown field(s) {sorted(extra)}; use type, low, high, log, step, choices."
+            )
+        labels: dict[str, Any] = {}
+        try:
+            if kind in ("float", "int"):
+                low, high = spec["low"], spec["high"]
+                cls = FloatDistribution if kind == "float" else IntDistribution
+                convert = float if kind == "float" else int
+                step = spec.get("step")
+                distribution = cls(
+                    convert(low), convert(high), log=bool(spec.get("log", False)),
+                    step=None if step is None else convert(step),
+                )  # fmt: skip
+            elif kind == "categorical":
+                choices = spec["choices"]
+                if not isinstance(choices, list) or not choices:
+                    raise ValueError("choices must be a non-empty list")
+                stored = []
+                for choice in choices:
+                    if isinstance(choice, list | dict):
+                        labels[json.dumps(choice)] = choice
+                        choice = json.dumps(choice)
+                    stored.append(choice)
+                distribution = CategoricalDistribution(stored)
+            else:
+                raise ValueError(f"type must be float, int or categorical, got {kind!r}")
+        except (KeyError, ValueError, TypeError) as exc:
+            detail = f"missing '{exc.args[0]}'" if isinstance(exc, KeyError) else str(exc)
+            raise UserError(f"{where}: {detail}.") from None
+        params.append(Param(key, distribution, labels))
+    # Every key must name a config setting: resolve one sample to find out now, not in trial 7.
+    apply_params(Config(), {p.key: _any_value(p) for p in params}, source="search.space")
+    return params
+
+
+def _any_value(param: Param) -> Any:
+    d = param.distribution
+    value = d.choices[0] if hasattr(d, "choices") else d.low
+    return param.labels.get(value, value) if isinstance(value, str) else value
+
+
+def space_size(params: list[Param]) -> float:
+    size = 1.0
+    for p in params:
+        d = p.distribution
+        if hasattr(d, "choices"):
+            size *= len(d.choices)
+        elif isinstance(d.low, int) and not d.log:
+            size *= (d.high - d.low) // d.step + 1
+        else:
+            return math.inf
+    return size
+
+
+def apply_params(config: Config, params: dict[str, Any], source: str = "hyperparameters") -> Config:
+    """A copy of `config` with dotted-key parameters set, validated like --set."""
+    overrides = [f"{key}={json.dumps(value)}" for key, value in params.items()]
+    try:
+        return load_config(base=config.to_dict(), overrides=overrides)
+    except UserError as exc:
+        raise UserError(f"{source}: {exc}") from None
+
+
+# --- running trials -----------------------------------------------------------------------------------
+
+
+class SurplusTrial(Exception):
+    """The study's budget was met by other workers while this trial was being created."""
+
+
+class DuplicateTrial(Exception):
+    """The sampler proposed parameters another trial already has."""
+
+
+def run_search(
+    config: Config, storage_url: str, study_name: str, seed: int | None = None, env: DistEnv | None = None
+) -> dict[str, Any] | None:
+    """Run trials until the study holds `search.n_trials` finished ones; return the best hyperparameters
+    (also written to <output>/best_hyperparams.json). Every rank of a torchrun worker calls this."""
+    own_group = env is None
+    env = env or distributed.setup(config.train.device)
+    try:
+        if not env.is_main:
+            _follow(env)
+            return None
+        try:
+            return _lead(config, storage_url, study_name, seed, env)
+        finally:
+            distributed.broadcast_object(("stop", None), env)
+    finally:
+        if own_group:
+            distributed.cleanup()
+
+
+def _follow(env: DistEnv) -> None:
+    """Ranks > 0: train whatever rank 0 sends until it says stop."""
+    while True:
+        kind, trial_config = distributed.broadcast_object(None, env)
+        if kind == "stop":
+            return
+        if kind == "train":
+            train(trial_config, resume=True, env=env)
+
+
+def _lead(
+    config: Config, storage_url: str, study_name: str, seed: int | None, env: DistEnv
+) -> dict[str, Any]:
+    import optuna
+
+    search = config.search
+    params = parse_space(search.space)
+    if space_size(params) < search.n_trials:
+        raise UserError(
+            f"search.space has only {space_size(params):.0f} distinct combinations for "
+            f"search.n_trials={search.n_trials}; widen the space or lower the budget."
+        )
+    storage = open_storage(storage_url, search)
+    study = create_study(storage, study_name, search)
+    seed = seed if seed is not None else secrets.randbits(31)  # distinct per worker: no duplicate proposals
+    study.sampler = optuna.samplers.TPESampler(
+        seed=seed, constant_liar=True, n_startup_trials=search.sampler_startup_trials
+    )
+    study.pruner = _pruner(search)
+    log.info("worker joins study %r on %s (sampler seed %d)", study_name, redact(storage_url), seed)
+
+    while True:
+        finished = _count(study, (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
+        if finished >= search.n_trials:
+            break
+        in_flight = _count(study, (optuna.trial.TrialState.RUNNING,))
+        waiting = _count(study, (optuna.trial.TrialState.WAITING,))
+        if finished + in_flight >= search.n_trials and waiting == 0:
+            # Other workers are running the last trials. Stay, so that a retry is picked up if one dies.
+            optuna.storages.fail_stale_trials(study)
+            distributed.broadcast_object(("wait", None), env)
+            time.sleep(WAIT_SECONDS)
+            continue
+        study.optimize(
+            lambda trial: _objective(trial, config, params, env),
+            n_trials=1,
+            catch=(SurplusTrial, DuplicateTrial),
+        )
+    best = best_hyperparams(study, search)
+    atomic_write_json(Path(config.output) / HYPERPARAMS_FILE, best)
+    log.info(
+        "study %r has %d finished trials; best %s = %.4f",
+        study_name,
+        finished,
+        search.objective,
+        best["value"],
+    )
+    return best
+
+
+def _objective(trial: optuna.Trial, config: Config, params: list[Param], env: DistEnv) -> float:
+    import optuna
+
+    search = config.search
+    stored = {p.key: _suggest(trial, p) for p in params}
+    _refuse_surplus_or_duplicate(trial, stored, search.n_trials)
+    values = {
+        p.key: p.labels.get(stored[p.key], stored[p.key]) if p.labels else stored[p.key] for p in params
+    }
+
+    # A retried trial continues in the folder of the trial it retries, from its last checkpoint.
+    frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
+    with warnings.catch_warnings():  # retry_history is marked experimental; its contract is what we need
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        history = optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(frozen)
+    root = history[0] if history else trial.number
+    trial_config = apply_params(config, values)
+    trial_config.output = str(Path(config.output) / "trials" / f"trial_{root:04d}")
+    trial_config.train.epochs = search.epochs
+    trial_config.data.train_fraction = search.data_fraction
+    trial_config.early_stop.monitor = search.objective
+    trial_config.wandb.group = trial.study.study_name
+    trial_config.wandb.name = f"trial-{trial.number}"
+    trial.set_user_attr("output", trial_config.output)
+    log.info("trial %d%s: %s", trial.number, f" (retry of {root})" if history else "", json.dumps(values))
+
+    def report(metrics: EpochMetrics) -> bool:
+        trial.report(getattr(metrics, search.objective), step=metrics.epoch)
+        return trial.should_prune()
+
+    distributed.broadcast_object(("train", trial_config), env)
+    result = train(trial_config, report=report, resume=True, env=env)
+    _store_metrics(trial, result)
+    if result.stop_reason == "reported":
+        raise optuna.TrialPruned(f"pruned after epoch {result.history[-1].epoch}")
+    return getattr(result.best, search.objective)
+
+
+def _suggest(trial: optuna.Trial, param: Param) -> Any:
+    d = param.distribution
+    if hasattr(d, "choices"):
+        return trial.suggest_categorical(param.key, d.choices)
+    if isinstance(d.low, float):
+        return trial.suggest_float(param.key, d.low, d.high, log=d.log, step=d.step)
+    return trial.suggest_int(param.key, d.low, d.high, log=d.log, step=d.step)
+
+
+def _refuse_surplus_or_duplicate(trial: optuna.Trial, values: dict[str, Any], budget: int) -> None:
+    from optuna.trial import TrialState
+
+    others = [
+        t
+        for t in trial.study.get_trials(
+            deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+        )
+        if t.number != trial.number
+    ]
+    ahead = sum(1 for t in others if t.number < trial.number)
+    if ahead >= budget:
+        trial.set_user_attr("surplus", True)
+        trial.study.stop()
+        raise SurplusTrial(f"trial {trial.number}: the study's budget of {budget} is already taken")
+    for t in others:
+        if t.params == values:
+            trial.set_user_attr("duplicate_of", t.number)
+            raise DuplicateTrial(f"trial {trial.number} repeats trial {t.number}'s parameters")
+
+
+def _store_metrics(trial: optuna.Trial, result: TrainResult) -> None:
+    """Key numbers as user attributes: optuna-dashboard shows them beside each trial."""
+    best = result.best
+    trial.set_user_attr("best_epoch", best.epoch)
+    trial.set_user_attr("epochs_run", len(result.history))
+    trial.set_user_attr("val_miou", best.val_miou)
+    trial.set_user_attr("val_loss", best.val_loss)
+    trial.set_user_attr("val_pixel_accuracy", best.val_pixel_accuracy)
+    trial.set_user_attr("images_per_second", best.images_per_second)
+
+
+def _pruner(search: SearchConfig) -> optuna.pruners.BasePruner:
+    import optuna
+
+    if search.pruner == "median":
+        return optuna.pruners.MedianPruner(search.pruner_startup_trials, search.pruner_warmup_epochs)
+    if search.pruner == "percentile":
+        return optuna.pruners.PercentilePruner(
+            25.0, search.pruner_startup_trials, search.pruner_warmup_epochs
+        )
+    if search.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=search.epochs)
+    return optuna.pruners.NopPruner()
+
+
+def _count(study: optuna.Study, states: Iterable[Any]) -> int:
+    return len(study.get_trials(deepcopy=False, states=tuple(states)))
+
+
+# --- best parameters and the final run ----------------------------------------------------------------
+
+
+def best_hyperparams(study: optuna.Study, search: SearchConfig) -> dict[str, Any]:
+    import optuna
+
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if not complete:
+        raise UserError(
+            f"study {study.study_name!r} has no completed trial yet; run `sideformer search` first."
+        )
+    best = study.best_trial
+    labels = {p.key: p.labels for p in parse_space(search.space)}
+    params = {k: labels.get(k, {}).get(v, v) if isinstance(v, str) else v for k, v in best.params.items()}
+    return {
+        "study": study.study_name,
+        "objective": study.user_attrs.get("objective", search.objective),
+        "direction": study.direction.name.lower(),
+        "value": best.value,
+        "trial": best.number,
+        "best_epoch": int(best.user_attrs.get("best_epoch", search.epochs)),
+        "params": params,
+        "finished_trials": len(
+            study.get_trials(
+                deepcopy=False, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+            )
+        ),
+    }
+
+
+def read_hyperparams(path: str | Path) -> dict[str, Any]:
+    """A best_hyperparams.json, checked: an object with 'params' (dotted config keys) and 'best_epoch'."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(
+            f"{path}: hyperparameter file not found; run the search first or pass --hyperparams-file."
+        )
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not valid JSON ({exc}).") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("params"), dict):
+        raise UserError(f"{path}: expected an object with a 'params' mapping of config keys to values.")
+    epoch = doc.get("best_epoch")
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 1:
+        raise UserError(
+            f"{path}: 'best_epoch' must be a positive integer (epochs of the final run), got {epoch!r}."
+        )
+    apply_params(Config(), doc["params"], source=str(path))  # unknown keys and bad values fail here
+    return doc
+
+
+def run_final(config: Config, best: dict[str, Any], env: DistEnv | None = None) -> TrainResult:
+    """Train on train+valid with the best parameters for the best trial's epoch count; validate on test
+    when the dataset has one. The last epoch is the model (there is no held-out split to pick another)."""
+    final = apply_params(config, best["params"])
+    final.train.epochs = int(best["best_epoch"])
+    final.data.train_splits = ["train", "valid"]
+    final.data.train_fraction = 1.0
+    final.early_stop.patience = 0
+    final.checkpoint.select = "last"
+    has_test = bool(load_metadata(config.data.path, classes=config.data.classes).split("test"))
+    final.data.eval_split = "test" if has_test else "valid"
+    final.wandb.name = final.wandb.name or "final"
+    return train(final, resume=True, env=env)
