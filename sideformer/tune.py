@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 DIRECTIONS = {"val_miou": "maximize", "val_loss": "minimize"}
 HYPERPARAMS_FILE = "best_hyperparams.json"
 WAIT_SECONDS = 5.0
+MAX_DATABASE_ERRORS = 60  # consecutive failed attempts, WAIT_SECONDS apart: five minutes
 
 
 # --- storage and study --------------------------------------------------------------------------------
@@ -90,9 +91,8 @@ def open_storage(url: str, search: SearchConfig) -> optuna.storages.RDBStorage:
             )
         )
     except (sqlalchemy.exc.SQLAlchemyError, ModuleNotFoundError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(
-            f"cannot open the study database {redact(url)}: {reason}. "
+            f"cannot open the study database {redact(url)}: {_first_line(exc)}. "
             f"Check that the server is up and the host, port, user and password are right."
         ) from None
 
@@ -267,6 +267,24 @@ def _follow(env: DistEnv) -> None:
             train(trial_config, resume=True, env=env)
 
 
+def _caused_by_database(exc: BaseException) -> bool:
+    """True when a database error is anywhere in the chain (Optuna re-raises some as other types)."""
+    import optuna
+    import sqlalchemy.exc
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, sqlalchemy.exc.OperationalError | optuna.exceptions.StorageInternalError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def _lead(
     config: Config, storage_url: str, study_name: str, seed: int | None, env: DistEnv
 ) -> dict[str, Any]:
@@ -288,23 +306,38 @@ def _lead(
     study.pruner = _pruner(search)
     log.info("worker joins study %r on %s (sampler seed %d)", study_name, redact(storage_url), seed)
 
+    database_errors = 0
     while True:
-        finished = _count(study, (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
-        if finished >= search.n_trials:
-            break
-        in_flight = _count(study, (optuna.trial.TrialState.RUNNING,))
-        waiting = _count(study, (optuna.trial.TrialState.WAITING,))
-        if finished + in_flight >= search.n_trials and waiting == 0:
-            # Other workers are running the last trials. Stay, so that a retry is picked up if one dies.
-            optuna.storages.fail_stale_trials(study)
-            distributed.broadcast_object(("wait", None), env)
+        try:
+            finished = _count(study, (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
+            if finished >= search.n_trials:
+                break
+            in_flight = _count(study, (optuna.trial.TrialState.RUNNING,))
+            waiting = _count(study, (optuna.trial.TrialState.WAITING,))
+            if finished + in_flight >= search.n_trials and waiting == 0:
+                # Other workers run the last trials. Stay, to pick up the retry if one of them dies.
+                optuna.storages.fail_stale_trials(study)
+                distributed.broadcast_object(("wait", None), env)
+                time.sleep(WAIT_SECONDS)
+                continue
+            study.optimize(
+                lambda trial: _objective(trial, config, params, env),
+                n_trials=1,
+                catch=(SurplusTrial, DuplicateTrial),
+            )
+            database_errors = 0
+        except Exception as exc:
+            if not _caused_by_database(exc):
+                raise
+            # The database restarted or the network blinked. A trial caught in it stays RUNNING without
+            # heartbeats, so it is failed and retried (resuming from its checkpoint) like a dead worker's.
+            database_errors += 1
+            if database_errors > MAX_DATABASE_ERRORS:
+                raise UserError(
+                    f"lost the study database {redact(storage_url)}: {_first_line(exc)}"
+                ) from None
+            log.warning("study database unavailable (%s); retrying in %.0fs", _first_line(exc), WAIT_SECONDS)
             time.sleep(WAIT_SECONDS)
-            continue
-        study.optimize(
-            lambda trial: _objective(trial, config, params, env),
-            n_trials=1,
-            catch=(SurplusTrial, DuplicateTrial),
-        )
     best = best_hyperparams(study, search)
     atomic_write_json(Path(config.output) / HYPERPARAMS_FILE, best)
     log.info(
@@ -319,6 +352,7 @@ def _lead(
 
 def _objective(trial: optuna.Trial, config: Config, params: list[Param], env: DistEnv) -> float:
     import optuna
+    import sqlalchemy.exc
 
     search = config.search
     stored = {p.key: _suggest(trial, p) for p in params}
@@ -344,12 +378,22 @@ def _objective(trial: optuna.Trial, config: Config, params: list[Param], env: Di
     log.info("trial %d%s: %s", trial.number, f" (retry of {root})" if history else "", json.dumps(values))
 
     def report(metrics: EpochMetrics) -> bool:
-        trial.report(getattr(metrics, search.objective), step=metrics.epoch)
-        return trial.should_prune()
+        # Never raise here: under DDP the other ranks are waiting for this decision.
+        def report_and_decide() -> bool:
+            trial.report(getattr(metrics, search.objective), step=metrics.epoch)
+            return trial.should_prune()
+
+        try:
+            return bool(_with_retries(report_and_decide))
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            log.warning(
+                "could not report epoch %d to the study (%s); not pruning", metrics.epoch, _first_line(exc)
+            )
+            return False
 
     distributed.broadcast_object(("train", trial_config), env)
     result = train(trial_config, report=report, resume=True, env=env)
-    _store_metrics(trial, result)
+    _with_retries(lambda: _store_metrics(trial, result))
     if result.stop_reason == "reported":
         raise optuna.TrialPruned(f"pruned after epoch {result.history[-1].epoch}")
     return getattr(result.best, search.objective)
