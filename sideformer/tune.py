@@ -73,6 +73,10 @@ def open_storage(url: str, search: SearchConfig) -> optuna.storages.RDBStorage:
     import optuna
     import sqlalchemy.exc
 
+    # Heartbeats and their retry callback are "experimental" in Optuna 5 (since 2.8), and exactly what
+    # fault tolerance needs; their warnings would only clutter every worker's log.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": 60}}  # wait on concurrent writers
@@ -363,9 +367,7 @@ def _objective(trial: optuna.Trial, config: Config, params: list[Param], env: Di
 
     # A retried trial continues in the folder of the trial it retries, from its last checkpoint.
     frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
-    with warnings.catch_warnings():  # retry_history is marked experimental; its contract is what we need
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        history = optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(frozen)
+    history = optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(frozen)
     root = history[0] if history else trial.number
     trial_config = apply_params(config, values)
     trial_config.output = str(Path(config.output) / "trials" / f"trial_{root:04d}")

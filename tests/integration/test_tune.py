@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import optuna
@@ -14,7 +16,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from tests.integration.conftest import REPO, env_for, sideformer
+from tests.integration.conftest import REPO, env_for, free_port, sideformer
 from tests.pg import PostgresServer
 
 pytestmark = pytest.mark.slow
@@ -164,3 +166,43 @@ def test_workers_survive_a_database_restart(
     wait_all(procs, logs)
     finished = optuna.load_study(study_name="test", storage=postgres_url).get_trials(states=FINISHED)
     assert len(finished) == budget
+
+
+def test_optuna_dashboard_serves_the_study(
+    synth_dataset: Path, tmp_path: Path, postgres_url: str, run
+) -> None:
+    """The real optuna-dashboard, pointed at the same PostgreSQL storage, returns the study and its trials
+    with the metrics SideFormer stores as user attributes."""
+    config = write_config(tmp_path / "search.yaml", n_trials=2, epochs=1, pruner="none")
+    proc = run(search_cmd(synth_dataset, tmp_path / "out", config, postgres_url, "--seed", "1"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    port = free_port()
+    executable = Path(sys.executable).parent / "optuna-dashboard"
+    dashboard = subprocess.Popen(
+        [str(executable), postgres_url, "--host", "127.0.0.1", "--port", str(port)],
+        env=env_for(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                response = urllib.request.urlopen(f"{base}/api/studies", timeout=5)
+                studies = json.loads(response.read())["study_summaries"]
+                break
+            except OSError:
+                assert time.monotonic() < deadline and dashboard.poll() is None, "dashboard did not start"
+                time.sleep(0.5)
+        (summary,) = [s for s in studies if s["study_name"] == "test"]
+        detail = json.loads(
+            urllib.request.urlopen(f"{base}/api/studies/{summary['study_id']}", timeout=10).read()
+        )
+        trials = detail["trials"]
+        assert len(trials) == 2
+        assert all(t["state"] == "Complete" for t in trials)
+        attrs = {a["key"] for a in trials[0]["user_attrs"]}
+        assert {"val_miou", "val_loss", "best_epoch"} <= attrs
+    finally:
+        dashboard.terminate()
+        dashboard.wait(timeout=30)
