@@ -218,7 +218,13 @@ def _train(config: Config, env: DistEnv, report: Report | None, resume: bool) ->
     if checkpoint == "finished":
         return _finished_result(output)
     if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
+        try:
+            model.load_state_dict(checkpoint["model"])
+        except RuntimeError:
+            raise UserError(
+                f"{output / LAST} was saved by a different model (was model.* or the dataset's classes "
+                f"changed?); resume with the run's own config.yaml, or choose another --output."
+            ) from None
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         early.load_state_dict(checkpoint["early_stopping"])
