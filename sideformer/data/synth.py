@@ -110,7 +110,10 @@ def _blocks(rng: Rng, p: _Px) -> np.ndarray:
     """Paving blocks: a grid of dark joints, each block shaded a little differently."""
     bu, bz = ((0.3, 0.3), (0.2, 0.4), (0.4, 0.4))[rng.integers(3)]
     rgb = ((165, 160, 150), (178, 132, 118), (150, 152, 162))[rng.integers(3)]
-    joint = lambda rng, p: (_frac(p.u, bu) < 0.1) | (_frac(p.z, bz) < 0.1)  # noqa: E731
+
+    def joint(rng: Rng, p: _Px) -> np.ndarray:
+        return (_frac(p.u, bu) < 0.1) | (_frac(p.z, bz) < 0.1)
+
     return _two_tone(rgb, (82, 80, 76), joint, 12, 40, (bu, bz))(rng, p)
 
 
