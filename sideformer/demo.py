@@ -25,7 +25,7 @@ DEMO_DATA = {"train": 200, "valid": 40, "size": (128, 128), "seed": 0}
 DEMO_SETTINGS = {
     "model": {"variant": "b0"},
     "data": {"crop_size": [128, 128], "scale_range": [0.75, 1.5], "num_workers": 1},
-    "train": {"epochs": 36, "batch_size": 8},
+    "train": {"epochs": 20, "batch_size": 8},
     "optim": {"lr": 1e-3, "head_lr_mult": 1.0, "warmup_steps": 50},
     "early_stop": {"monitor": "val_miou", "patience": 0},
     "wandb": {"name": "demo"},
