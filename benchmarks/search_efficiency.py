@@ -34,6 +34,7 @@ from typing import Any
 
 import optuna
 import yaml
+from machine import busy_cores, cores, cpu_model  # benchmarks/machine.py
 
 from sideformer.atomic import atomic_write_json
 from sideformer.config import load_config
@@ -75,26 +76,7 @@ class TrialRow:
 def machine() -> dict[str, Any]:
     import torch
 
-    cpuinfo = Path("/proc/cpuinfo")
-    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
-    cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown")
-    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "torch": torch.__version__}
-
-
-def busy_cores(window: float = 1.0) -> float:
-    """Cores busy over `window` seconds, from /proc/stat: other people's work when none of ours runs."""
-
-    def sample() -> tuple[int, int]:
-        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        return sum(fields), fields[3] + fields[4]  # total, idle + iowait (in clock ticks)
-
-    try:
-        total0, idle0 = sample()
-        time.sleep(window)
-        total1, idle1 = sample()
-    except (OSError, ValueError, IndexError):
-        return 0.0  # not Linux: no warning
-    return len(os.sched_getaffinity(0)) * (1 - (idle1 - idle0) / max(1, total1 - total0))
+    return {"cpu": cpu_model(), "cores": cores(), "torch": torch.__version__}
 
 
 def search_config(args: argparse.Namespace) -> dict[str, Any]:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import multiprocessing
-import os
 import queue
 import random
 import statistics
@@ -35,6 +34,8 @@ from dataclasses import dataclass, field
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
 from typing import Any
+
+from machine import busy_cores, cores, cpu_model  # benchmarks/machine.py
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -64,32 +65,13 @@ def machine() -> dict[str, Any]:
     import psycopg2
     import sqlalchemy
 
-    cpuinfo = Path("/proc/cpuinfo")
-    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
-    cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown")
     return {
-        "cpu": cpu,
-        "cores": len(os.sched_getaffinity(0)),
+        "cpu": cpu_model(),
+        "cores": cores(),
         "optuna": optuna.__version__,
         "sqlalchemy": sqlalchemy.__version__,
         "psycopg2": psycopg2.__version__.split()[0],
     }
-
-
-def busy_cores(window: float = 1.0) -> float:
-    """Cores busy over `window` seconds, from /proc/stat: other people's work when none of ours runs."""
-
-    def sample() -> tuple[int, int]:
-        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        return sum(fields), fields[3] + fields[4]  # total, idle + iowait (in clock ticks)
-
-    try:
-        total0, idle0 = sample()
-        time.sleep(window)
-        total1, idle1 = sample()
-    except (OSError, ValueError, IndexError):
-        return 0.0  # not Linux
-    return len(os.sched_getaffinity(0)) * (1 - (idle1 - idle0) / max(1, total1 - total0))
 
 
 def describe(error: BaseException) -> str:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
-import os
 import statistics
 import tempfile
 import time
@@ -33,6 +32,7 @@ from typing import Any
 
 import torch
 import transformers
+from machine import cores, cpu_model  # benchmarks/machine.py
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 from transformers import SegformerImageProcessorPil
@@ -50,12 +50,9 @@ Batch = tuple[torch.Tensor, torch.Tensor] | dict[str, torch.Tensor]  # SideForme
 
 
 def machine() -> dict[str, Any]:
-    cpuinfo = Path("/proc/cpuinfo")
-    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
-    cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown")
     return {
-        "cpu": cpu,
-        "cores": len(os.sched_getaffinity(0)),
+        "cpu": cpu_model(),
+        "cores": cores(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "torch_threads": torch.get_num_threads(),
