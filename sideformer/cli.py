@@ -87,26 +87,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="continue from --output's last checkpoint if there is one (else start fresh)",
     )
-    train.add_argument(
-        "--nproc-per-node",
-        metavar="N|auto",
-        help="start torchrun with N processes on this machine (auto: one per GPU, else 1)",
-    )
     train.set_defaults(handler=_train)
 
     tune = commands.add_parser(
         "tune", help="hyperparameter search, then the final training with the best parameters"
     )
     _add_config_args(tune)
-    _add_study_args(tune)
+    _add_study_args(tune, runs_trials=True)
     tune.add_argument("--skip-hyperopt", action="store_true", help="skip the search; read --hyperparams-file")
     tune.add_argument(
         "--hyperparams-file",
         type=Path,
         help="best parameters to train with (default: OUTPUT/best_hyperparams.json)",
-    )
-    tune.add_argument(
-        "--nproc-per-node", metavar="N|auto", help="processes per trial on this machine (torchrun)"
     )
     tune.set_defaults(handler=_tune)
 
@@ -114,10 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
         "search", help="run trials until the study's budget is met (what each cluster tune worker runs)"
     )
     _add_config_args(search)
-    _add_study_args(search)
-    search.add_argument(
-        "--nproc-per-node", metavar="N|auto", help="processes per trial on this machine (torchrun)"
-    )
+    _add_study_args(search, runs_trials=True)
     search.set_defaults(handler=_search)
 
     final = commands.add_parser(
@@ -128,7 +117,6 @@ def build_parser() -> argparse.ArgumentParser:
     final.add_argument(
         "--hyperparams-file", type=Path, help="read the parameters from this file, not the study"
     )
-    final.add_argument("--nproc-per-node", metavar="N|auto", help="processes on this machine (torchrun)")
     final.set_defaults(handler=_final)
 
     study = commands.add_parser("study", help="create, inspect or export an Optuna study")
@@ -165,15 +153,22 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override one setting, e.g. --set train.epochs=20 (repeatable)",
     )
+    parser.add_argument(
+        "--nproc-per-node",
+        metavar="N|auto",
+        help="start torchrun with N processes on this machine (auto: one per GPU, else 1)",
+    )
 
 
-def _add_study_args(parser: argparse.ArgumentParser, required_storage: bool = False) -> None:
+def _add_study_args(
+    parser: argparse.ArgumentParser, required_storage: bool = False, runs_trials: bool = False
+) -> None:
     where = "required unless OPTUNA_STORAGE is set" if required_storage else "default: sqlite in --output"
     parser.add_argument(
         "--storage", help=f"Optuna storage URL, e.g. postgresql+psycopg2://USER:PASS@HOST/DB ({where})"
     )
     parser.add_argument("--study", default="sideformer", help="study name (default: %(default)s)")
-    if parser.prog.split()[-1] in ("tune", "search"):
+    if runs_trials:
         parser.add_argument(
             "--n-trials", type=int, help="the study's budget of finished trials (search.n_trials)"
         )
@@ -215,15 +210,7 @@ def _check_data(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _train(args: argparse.Namespace, argv: list[str]) -> int:
-    from sideformer.config import load_config
-
-    config = load_config(args.config, args.overrides)  # fail on bad config before starting processes
-    if args.nproc_per_node is not None:
-        from sideformer.launch import relaunch_under_torchrun
-
-        relaunch_under_torchrun(args.nproc_per_node, argv)  # returns only when one process suffices
-    config.data.path, config.output = args.data, args.output
-
+    config = _run_config(args, argv)
     from sideformer.train import train
 
     result = train(config, resume=args.resume)
@@ -231,7 +218,8 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
     return 0
 
 
-def _tuning_config(args: argparse.Namespace, argv: list[str]):  # -> Config
+def _run_config(args: argparse.Namespace, argv: list[str]):  # -> Config
+    """The validated config (bad settings fail before any process starts), under torchrun if asked."""
     from sideformer.config import load_config
 
     overrides = list(args.overrides)
@@ -241,7 +229,7 @@ def _tuning_config(args: argparse.Namespace, argv: list[str]):  # -> Config
     if args.nproc_per_node is not None:
         from sideformer.launch import relaunch_under_torchrun
 
-        relaunch_under_torchrun(args.nproc_per_node, argv)
+        relaunch_under_torchrun(args.nproc_per_node, argv)  # returns only when one process suffices
     config.data.path, config.output = args.data, args.output
     return config
 
@@ -249,7 +237,7 @@ def _tuning_config(args: argparse.Namespace, argv: list[str]):  # -> Config
 def _search(args: argparse.Namespace, argv: list[str]) -> int:
     from sideformer.tune import resolve_storage_url, run_search
 
-    config = _tuning_config(args, argv)
+    config = _run_config(args, argv)
     storage = resolve_storage_url(args.storage, config.output)
     run_search(config, storage, args.study, seed=args.seed)
     return 0
@@ -259,7 +247,7 @@ def _final(args: argparse.Namespace, argv: list[str]) -> int:
     from sideformer import distributed
     from sideformer.tune import run_final
 
-    config = _tuning_config(args, argv)
+    config = _run_config(args, argv)
     env = distributed.setup(config.train.device)
     try:
         best = distributed.on_main(env, lambda: _best_for_final(args, config))
@@ -293,7 +281,7 @@ def _tune(args: argparse.Namespace, argv: list[str]) -> int:
     from sideformer import distributed
     from sideformer.tune import HYPERPARAMS_FILE, read_hyperparams, resolve_storage_url, run_final, run_search
 
-    config = _tuning_config(args, argv)
+    config = _run_config(args, argv)
     hyperparams_file = args.hyperparams_file or Path(config.output) / HYPERPARAMS_FILE
     storage = None if args.skip_hyperopt else resolve_storage_url(args.storage, config.output)
     if args.skip_hyperopt:

@@ -20,7 +20,7 @@ import os
 import secrets
 import time
 import warnings
-from collections.abc import Iterable
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -293,6 +293,7 @@ def _lead(
     config: Config, storage_url: str, study_name: str, seed: int | None, env: DistEnv
 ) -> dict[str, Any]:
     import optuna
+    from optuna.trial import TrialState
 
     search = config.search
     params = parse_space(search.space)
@@ -313,11 +314,11 @@ def _lead(
     database_errors = 0
     while True:
         try:
-            finished = _count(study, (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
+            states = Counter(t.state for t in study.get_trials(deepcopy=False))  # one query per round
+            finished = states[TrialState.COMPLETE] + states[TrialState.PRUNED]
             if finished >= search.n_trials:
                 break
-            in_flight = _count(study, (optuna.trial.TrialState.RUNNING,))
-            waiting = _count(study, (optuna.trial.TrialState.WAITING,))
+            in_flight, waiting = states[TrialState.RUNNING], states[TrialState.WAITING]
             if finished + in_flight >= search.n_trials and waiting == 0:
                 # Other workers run the last trials. Stay, to pick up the retry if one of them dies.
                 optuna.storages.fail_stale_trials(study)
@@ -454,10 +455,6 @@ def _pruner(search: SearchConfig) -> optuna.pruners.BasePruner:
     if search.pruner == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=search.epochs)
     return optuna.pruners.NopPruner()
-
-
-def _count(study: optuna.Study, states: Iterable[Any]) -> int:
-    return len(study.get_trials(deepcopy=False, states=tuple(states)))
 
 
 # --- best parameters and the final run ----------------------------------------------------------------
