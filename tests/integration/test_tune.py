@@ -68,6 +68,14 @@ def wait_all(procs: list[subprocess.Popen], logs: list[Path], timeout: float = 9
     )
 
 
+def wait_for_running_trial(study: optuna.Study, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        assert proc.poll() is None, f"worker exited {proc.returncode}:\n{log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"no trial started in {timeout:.0f} s:\n{log.read_text()[-3000:]}"
+        time.sleep(0.5)
+
+
 def create_study(config: Path, url: str, run) -> None:
     proc = run(sideformer("study", "create", "--storage", url, "--study", "test", "--config", str(config)))
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -87,13 +95,16 @@ def test_three_workers_share_one_study(synth_dataset: Path, tmp_path: Path, post
 
     output = tmp_path / "out"
     logs = [tmp_path / f"worker{i}.log" for i in range(3)]
+    # The torchrun worker starts slowest; let it claim a trial before the others start, or they may
+    # finish the whole budget before it joins.
+    ddp_worker = start(
+        search_cmd(synth_dataset, output, config, postgres_url, "--seed", "3", "--nproc-per-node", "2"), logs[2]
+    )
+    wait_for_running_trial(study, ddp_worker, logs[2])
     procs = [
         start(search_cmd(synth_dataset, output, config, postgres_url, "--seed", "1"), logs[0]),
         start(search_cmd(synth_dataset, output, config, postgres_url, "--seed", "2"), logs[1]),
-        start(
-            search_cmd(synth_dataset, output, config, postgres_url, "--seed", "3", "--nproc-per-node", "2"),
-            logs[2],
-        ),
+        ddp_worker,
     ]
     wait_all(procs, logs)
 
