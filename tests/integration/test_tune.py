@@ -68,7 +68,9 @@ def wait_all(procs: list[subprocess.Popen], logs: list[Path], timeout: float = 9
     )
 
 
-def wait_for_running_trial(study: optuna.Study, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+def wait_for_running_trial(
+    study: optuna.Study, proc: subprocess.Popen, log: Path, timeout: float = 120
+) -> None:
     deadline = time.monotonic() + timeout
     while not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         assert proc.poll() is None, f"worker exited {proc.returncode}:\n{log.read_text()[-3000:]}"
@@ -97,9 +99,8 @@ def test_three_workers_share_one_study(synth_dataset: Path, tmp_path: Path, post
     logs = [tmp_path / f"worker{i}.log" for i in range(3)]
     # The torchrun worker starts slowest; let it claim a trial before the others start, or they may
     # finish the whole budget before it joins.
-    ddp_worker = start(
-        search_cmd(synth_dataset, output, config, postgres_url, "--seed", "3", "--nproc-per-node", "2"), logs[2]
-    )
+    ddp_cmd = search_cmd(synth_dataset, output, config, postgres_url, "--seed", "3", "--nproc-per-node", "2")
+    ddp_worker = start(ddp_cmd, logs[2])
     wait_for_running_trial(study, ddp_worker, logs[2])
     procs = [
         start(search_cmd(synth_dataset, output, config, postgres_url, "--seed", "1"), logs[0]),
