@@ -132,6 +132,50 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
         sub.set_defaults(handler=handler)
 
+    convert = commands.add_parser(
+        "convert-aihub",
+        help="convert AI-Hub Surface Masking (CVAT XML 1.1) into a dataset folder",
+        description="Convert AI-Hub Surface Masking scenes (folders holding frames, a CVAT XML 1.1 file and "
+        "MASK/) into the metadata.json layout, split by scene folder.",
+    )
+    convert.add_argument("--src", type=Path, required=True, help="the unpacked archives (searched for *.xml)")
+    convert.add_argument("--out", type=Path, required=True, help="dataset folder to create (new or empty)")
+    convert.add_argument(
+        "--from",
+        dest="source",
+        choices=("polygons", "masks"),
+        default="polygons",
+        help="draw masks from the XML's shapes, or decode the colour masks in MASK/ (default: %(default)s)",
+    )
+    convert.add_argument("--valid", type=float, default=0.1, help="share of scenes for valid (default: 0.1)")
+    convert.add_argument("--test", type=float, default=0.1, help="share of scenes for test (default: 0.1)")
+    convert.add_argument("--seed", type=int, default=0, help="scene shuffle seed (default: %(default)s)")
+    convert.add_argument(
+        "--polylines",
+        choices=("fill", "line", "skip"),
+        default="fill",
+        help="polylines are closed and filled, drawn as lines, or left out (default: %(default)s)",
+    )
+    convert.add_argument(
+        "--line-width", type=int, default=3, help="pixels, for --polylines line (default: 3)"
+    )
+    convert.add_argument(
+        "--unknown",
+        choices=("error", "ignore"),
+        default="error",
+        help="a label outside the 22 classes stops the conversion, or is painted ignore (255)",
+    )
+    convert.add_argument(
+        "--skip-missing", action="store_true", help="leave out frames whose image is missing on disk"
+    )
+    convert.add_argument(
+        "--link",
+        choices=("copy", "hardlink", "symlink"),
+        default="copy",
+        help="how images get into --out (default: %(default)s)",
+    )
+    convert.set_defaults(handler=_convert_aihub)
+
     show = commands.add_parser("config", help="print the resolved configuration (defaults, file, overrides)")
     show.add_argument("--config", type=Path, help="YAML config file")
     show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -196,6 +240,26 @@ def _synth(args: argparse.Namespace, argv: list[str]) -> int:
 
     out = write_synthetic_dataset(args.out, args.train, args.valid, args.test, args.size, args.seed)
     print(f"wrote {args.train} train / {args.valid} valid / {args.test} test scenes to {out}")
+    return 0
+
+
+def _convert_aihub(args: argparse.Namespace, argv: list[str]) -> int:
+    from sideformer.data.aihub import convert_aihub, format_summary
+
+    summary = convert_aihub(
+        args.src,
+        args.out,
+        source=args.source,
+        valid=args.valid,
+        test=args.test,
+        seed=args.seed,
+        polylines=args.polylines,
+        line_width=args.line_width,
+        unknown=args.unknown,
+        skip_missing=args.skip_missing,
+        link=args.link,
+    )
+    print(format_summary(summary))
     return 0
 
 
