@@ -290,10 +290,9 @@ def _run_config(args: argparse.Namespace, argv: list[str]):  # -> Config
     if getattr(args, "n_trials", None) is not None:
         overrides.append(f"search.n_trials={args.n_trials}")
     config = load_config(args.config, overrides)
-    if args.nproc_per_node is not None:
-        from sideformer.launch import relaunch_under_torchrun
+    from sideformer.launch import relaunch_under_torchrun
 
-        relaunch_under_torchrun(args.nproc_per_node, argv)  # returns only when one process suffices
+    relaunch_under_torchrun(args.nproc_per_node, argv)  # returns only when one process suffices
     config.data.path, config.output = args.data, args.output
     return config
 

@@ -23,21 +23,31 @@ def resolve_nproc(value: str) -> int:
     return n
 
 
-def relaunch_under_torchrun(value: str, argv: list[str]) -> None:
-    """Replace this process with torchrun running `argv` minus --nproc-per-node; return if not needed."""
-    nproc = resolve_nproc(value)
-    if "LOCAL_RANK" in os.environ or nproc == 1:
-        return  # already a torchrun child, or one process is all that was asked for
-    args = _without_flag(argv, "--nproc-per-node")
+def relaunch_under_torchrun(value: str | None, argv: list[str]) -> None:
+    """Replace this process with torchrun running `argv` minus --nproc-per-node; return if not needed.
+
+    Under the Kubeflow Training Operator (PET_NNODES set), every pod goes through torchrun, which reads
+    the operator's PET_NNODES, PET_NODE_RANK, PET_MASTER_ADDR and PET_MASTER_PORT to join the other
+    pods; the process count is --nproc-per-node or else the operator's PET_NPROC_PER_NODE. Elsewhere,
+    torchrun runs standalone on this machine, and only when more than one process is asked for.
+    """
+    if "LOCAL_RANK" in os.environ:
+        return  # already a torchrun child
+    operator = "PET_NNODES" in os.environ
+    if value is None and not operator:
+        return
+    nproc = resolve_nproc(value or os.environ.get("PET_NPROC_PER_NODE", "1"))
+    if nproc == 1 and not operator:
+        return
     command = [
         sys.executable,
         "-m",
         "torch.distributed.run",
-        "--standalone",
+        *([] if operator else ["--standalone"]),
         f"--nproc-per-node={nproc}",
         "-m",
         "sideformer",
-        *args,
+        *_without_flag(argv, "--nproc-per-node"),
     ]
     sys.stdout.flush()
     os.execv(sys.executable, command)

@@ -1,4 +1,4 @@
-"""A real, throwaway PostgreSQL server for the tests: its own cluster in a temp folder, on 127.0.0.1 only."""
+"""A real, throwaway PostgreSQL server for the tests: its own cluster in a temp folder, on 127.0.0.1 by default."""
 
 from __future__ import annotations
 
@@ -81,9 +81,9 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 
@@ -102,10 +102,14 @@ class PostgresServer:
         *,
         settings: Mapping[str, str] | None = None,
         startup_timeout: float = 60.0,
+        host: str = "127.0.0.1",
+        clients: str = "127.0.0.1/32",
     ) -> None:
-        """`settings` are extra postgresql.conf parameters, such as {"log_statement": "all"}."""
+        """`settings` are extra postgresql.conf parameters, such as {"log_statement": "all"}. `host` is the
+        address to listen on and `clients` the network (CIDR) allowed to log in: a docker network's
+        gateway and subnet let containers reach the server."""
         self.user, self.dbname, self.password = user, dbname, secrets.token_urlsafe(18)
-        self.host, self.port = "127.0.0.1", 0
+        self.host, self.port, self.clients = host, 0, clients
         self.settings, self.startup_timeout = dict(settings or {}), startup_timeout
         self.bindir = find_bindir()
         # As root, run everything as the dedicated user; otherwise as ourselves.
@@ -146,7 +150,7 @@ class PostgresServer:
         deadline = time.monotonic() + self.startup_timeout
         while True:
             if first:  # Only the first start picks the port: clients keep their URL across restarts.
-                self.port = free_port()
+                self.port = free_port(self.host)
             log_start = self.logfile.stat().st_size if self.logfile.exists() else 0
             self._spawn()
             try:
@@ -300,9 +304,9 @@ class PostgresServer:
         pwfile.unlink()
         if result.returncode:
             raise RuntimeError(f"initdb failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
-        # Password logins over loopback TCP only. The socket may trust: its folder is private (0700).
+        # Password logins over TCP from `clients` only. The socket may trust: its folder is private (0700).
         (self.datadir / "pg_hba.conf").write_text(
-            "local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n"
+            f"local all all trust\nhost all all {self.clients} scram-sha-256\n"
         )
 
     def _spawn(self) -> None:
