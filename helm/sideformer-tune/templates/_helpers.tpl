@@ -1,0 +1,300 @@
+{{/*
+Names, labels and the pieces every SideFormer pod shares. Fixed paths inside the pods:
+  /data                        dataset (read-only)
+  /output/<study>              search outputs (trials/, best_hyperparams.json, wandb/)
+  /etc/sideformer/config.yaml  the config ConfigMap
+  /hf-cache                    HF_HOME, when hfCache.enabled
+  /tmp, /dev/shm               emptyDirs (the root filesystem is read-only)
+*/}}
+
+{{- define "sideformer.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "sideformer.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "sideformer.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "sideformer.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "sideformer.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "sideformer.labels" -}}
+helm.sh/chart: {{ include "sideformer.chart" . }}
+{{ include "sideformer.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: sideformer
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "sideformer.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "sideformer.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "sideformer.image" -}}
+{{- printf "%s:%s" .Values.image.repository .Values.image.tag }}
+{{- end }}
+
+{{- define "sideformer.postgresql.image" -}}
+{{- printf "%s:%s" .Values.postgresql.image.repository .Values.postgresql.image.tag }}
+{{- end }}
+
+{{- define "sideformer.studyOutput" -}}
+{{- printf "/output/%s" .Values.study.name }}
+{{- end }}
+
+{{/* The Secret holding the storage URLs, and its keys. */}}
+{{- define "sideformer.db.secretName" -}}
+{{- if .Values.postgresql.enabled }}
+{{- default (printf "%s-db" (include "sideformer.fullname" .)) .Values.postgresql.auth.existingSecret }}
+{{- else }}
+{{- required "externalDatabase.existingSecret is required when postgresql.enabled=false" .Values.externalDatabase.existingSecret }}
+{{- end }}
+{{- end }}
+
+{{- define "sideformer.db.storageUrlKey" -}}
+{{- if .Values.postgresql.enabled }}{{ .Values.postgresql.auth.secretKeys.storageUrlKey }}{{ else }}{{ .Values.externalDatabase.storageUrlKey }}{{ end }}
+{{- end }}
+
+{{- define "sideformer.db.dashboardStorageUrlKey" -}}
+{{- if .Values.postgresql.enabled }}{{ .Values.postgresql.auth.secretKeys.dashboardStorageUrlKey }}{{ else }}{{ .Values.externalDatabase.dashboardStorageUrlKey }}{{ end }}
+{{- end }}
+
+{{- define "sideformer.db.host" -}}
+{{- if .Values.postgresql.enabled }}{{ include "sideformer.fullname" . }}-postgresql{{ else }}{{ required "externalDatabase.host is required when postgresql.enabled=false" .Values.externalDatabase.host }}{{ end }}
+{{- end }}
+
+{{- define "sideformer.db.port" -}}
+{{- if .Values.postgresql.enabled }}{{ .Values.postgresql.port }}{{ else }}{{ .Values.externalDatabase.port }}{{ end }}
+{{- end }}
+
+{{/* env entry OPTUNA_STORAGE from the database Secret; argument: dict "root" $ "key" <secret key>. */}}
+{{- define "sideformer.env.storage" -}}
+- name: OPTUNA_STORAGE
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "sideformer.db.secretName" .root }}
+      key: {{ .key }}
+{{- end }}
+
+{{/* Init container: wait until PostgreSQL accepts connections (pg_isready from the postgres image). */}}
+{{- define "sideformer.waitForDatabase" -}}
+- name: wait-for-database
+  image: {{ include "sideformer.postgresql.image" . }}
+  imagePullPolicy: {{ .Values.postgresql.image.pullPolicy }}
+  command: [sh, -c]
+  args:
+    - {{ .Files.Get "files/wait-for-db.sh" | quote }}
+  env:
+    - name: DB_HOST
+      value: {{ include "sideformer.db.host" . | quote }}
+    - name: DB_PORT
+      value: {{ include "sideformer.db.port" . | quote }}
+    - name: DB_WAIT_SECONDS
+      value: {{ .Values.waitForDatabase.timeoutSeconds | quote }}
+  securityContext:
+    {{- toYaml .Values.securityContext | nindent 4 }}
+  resources:
+    {{- toYaml .Values.waitForDatabase.resources | nindent 4 }}
+{{- end }}
+
+{{/* The environment of every SideFormer container: storage URL, W&B, HF cache, writable HOME. */}}
+{{- define "sideformer.trainerEnv" -}}
+{{ include "sideformer.env.storage" (dict "root" . "key" (include "sideformer.db.storageUrlKey" .)) }}
+- name: HOME
+  value: /tmp
+- name: WANDB_DIR
+  value: {{ include "sideformer.studyOutput" . }}
+{{- with .Values.wandb.existingSecret }}
+- name: WANDB_API_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $.Values.wandb.secretKey }}
+{{- end }}
+{{- if .Values.hfCache.enabled }}
+- name: HF_HOME
+  value: /hf-cache
+{{- if .Values.hfCache.offline }}
+- name: HF_HUB_OFFLINE
+  value: "1"
+{{- end }}
+{{- end }}
+{{- with .Values.tune.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* A volume source for data/output/hfCache settings; argument: dict "cfg" <values> "claim" <created claim name>. */}}
+{{- define "sideformer.volumeSource" -}}
+{{- $cfg := .cfg -}}
+{{- if eq $cfg.type "existingClaim" }}
+persistentVolumeClaim:
+  claimName: {{ $cfg.existingClaim }}
+{{- else if eq $cfg.type "pvc" }}
+persistentVolumeClaim:
+  claimName: {{ .claim }}
+{{- else if eq $cfg.type "nfs" }}
+nfs:
+  server: {{ $cfg.nfs.server }}
+  path: {{ $cfg.nfs.path }}
+{{- else if eq $cfg.type "hostPath" }}
+hostPath:
+  path: {{ $cfg.hostPath.path }}
+  type: Directory
+{{- else if eq $cfg.type "synthetic" }}
+emptyDir: {}
+{{- end }}
+{{- end }}
+
+{{/* Init container that writes the synthetic dataset (data.type=synthetic). */}}
+{{- define "sideformer.synthData" -}}
+{{- $s := .Values.data.synthetic -}}
+- name: synth-data
+  image: {{ include "sideformer.image" . }}
+  imagePullPolicy: {{ .Values.image.pullPolicy }}
+  args: ["synth", "--out", "/data", "--train", "{{ $s.train }}", "--valid", "{{ $s.valid }}", "--test", "{{ $s.test }}", "--size", "{{ $s.size }}", "--seed", "{{ $s.seed }}"]
+  env:
+    - name: HOME
+      value: /tmp
+  securityContext:
+    {{- toYaml .Values.securityContext | nindent 4 }}
+  resources:
+    {{- toYaml .Values.studyCreator.resources | nindent 4 }}
+  volumeMounts:
+    - name: data
+      mountPath: /data
+    - name: tmp
+      mountPath: /tmp
+{{- end }}
+
+{{/*
+Pod template of one tune-worker replica; argument: dict "root" $ "replica" "Master"|"Worker" "args" <list>.
+The Master mounts the output volume; Workers (ranks > 0, which never write outputs) get an emptyDir there.
+*/}}
+{{- define "sideformer.tunePodTemplate" -}}
+{{- $root := .root -}}
+{{- $v := $root.Values -}}
+{{- $fullname := include "sideformer.fullname" $root -}}
+metadata:
+  labels:
+    {{- include "sideformer.labels" $root | nindent 4 }}
+    app.kubernetes.io/component: tune-worker
+    {{- with $v.tune.podLabels }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  annotations:
+    checksum/config: {{ $v.config | sha256sum }}
+    {{- with $v.tune.podAnnotations }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+spec:
+  serviceAccountName: {{ include "sideformer.serviceAccountName" $root }}
+  automountServiceAccountToken: {{ $v.serviceAccount.automountServiceAccountToken }}
+  {{- with $v.imagePullSecrets }}
+  imagePullSecrets:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $v.tune.priorityClassName }}
+  priorityClassName: {{ . }}
+  {{- end }}
+  securityContext:
+    {{- toYaml $v.podSecurityContext | nindent 4 }}
+  initContainers:
+    {{- include "sideformer.waitForDatabase" $root | nindent 4 }}
+    {{- if eq $v.data.type "synthetic" }}
+    {{- include "sideformer.synthData" $root | nindent 4 }}
+    {{- end }}
+  containers:
+    - name: pytorch
+      image: {{ include "sideformer.image" $root }}
+      imagePullPolicy: {{ $v.image.pullPolicy }}
+      args:
+        {{- toYaml .args | nindent 8 }}
+      env:
+        {{- include "sideformer.trainerEnv" $root | nindent 8 }}
+      securityContext:
+        {{- toYaml $v.securityContext | nindent 8 }}
+      resources:
+        {{- $resources := deepCopy $v.tune.resources }}
+        {{- if gt (int $v.tune.gpusPerNode) 0 }}
+        {{- $limits := merge (dict "nvidia.com/gpu" (int $v.tune.gpusPerNode)) (default dict $resources.limits) }}
+        {{- $_ := set $resources "limits" $limits }}
+        {{- end }}
+        {{- toYaml $resources | nindent 8 }}
+      volumeMounts:
+        - name: data
+          mountPath: /data
+          readOnly: true
+          {{- with $v.data.subPath }}
+          subPath: {{ . }}
+          {{- end }}
+        - name: output
+          mountPath: /output
+        - name: config
+          mountPath: /etc/sideformer
+          readOnly: true
+        - name: tmp
+          mountPath: /tmp
+        - name: dshm
+          mountPath: /dev/shm
+        {{- if $v.hfCache.enabled }}
+        - name: hf-cache
+          mountPath: /hf-cache
+        {{- end }}
+  volumes:
+    - name: data
+      {{- include "sideformer.volumeSource" (dict "cfg" $v.data "claim" (printf "%s-data" $fullname)) | nindent 6 }}
+    - name: output
+      {{- if eq .replica "Master" }}
+      {{- include "sideformer.volumeSource" (dict "cfg" $v.output "claim" (printf "%s-output" $fullname)) | nindent 6 }}
+      {{- else }}
+      emptyDir: {}
+      {{- end }}
+    - name: config
+      configMap:
+        name: {{ $fullname }}-config
+    - name: tmp
+      emptyDir: {}
+    - name: dshm
+      emptyDir:
+        medium: Memory
+        sizeLimit: {{ $v.tune.shmSize }}
+    {{- if $v.hfCache.enabled }}
+    - name: hf-cache
+      {{- include "sideformer.volumeSource" (dict "cfg" $v.hfCache "claim" (printf "%s-hf-cache" $fullname)) | nindent 6 }}
+    {{- end }}
+  {{- with $v.tune.nodeSelector }}
+  nodeSelector:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $v.tune.tolerations }}
+  tolerations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $v.tune.affinity }}
+  affinity:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end }}
