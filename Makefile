@@ -7,6 +7,9 @@ BIN    := $(VENV)/bin
 TORCH_SPEC     ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 STAMP  := $(VENV)/.installed
+# YAML that is YAML as written (Helm templates are checked by rendering them in tests/e2e/test_chart.py).
+K8S_YAML := helm/sideformer-tune/Chart.yaml helm/sideformer-tune/values.yaml helm/sideformer-tune/ci \
+	helm/sideformer-tune/examples k8s .github/workflows
 
 .PHONY: demo test lint bench clean postgres
 
@@ -28,6 +31,9 @@ test: $(STAMP) postgres
 	$(BIN)/ruff check sideformer tests benchmarks
 	$(BIN)/ruff format --check sideformer tests benchmarks
 	$(BIN)/shellcheck tests/pg/install-postgres.sh
+	$(BIN)/shellcheck tests/e2e/kind.sh helm/sideformer-tune/files/*.sh
+	$(BIN)/yamllint -c .yamllint.yaml $(K8S_YAML)
+	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)

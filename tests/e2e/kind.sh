@@ -1,0 +1,203 @@
+#!/usr/bin/env bash
+# The whole Kubernetes flow on a kind cluster, with the CPU image:
+#   kind cluster -> Kubeflow Training Operator v1.9 (standalone) -> kind load the image -> helm install with
+#   ci/kind-values.yaml -> the study finishes (tune-worker PyTorchJobs Succeeded) -> final PyTorchJob
+#   (k8s/overlays/cpu) Succeeded -> outputs checked -> helm test -> clean uninstall.
+#
+# Needs docker, kind, kubectl (>= 1.27) and helm (3.8+ or 4) on PATH, and network access for the operator
+# manifests and the postgres image. The development machines of this project have none of these (no
+# kind, no registry); CI runs it (.github/workflows/kind-e2e.yml), and so can anyone with kind:
+#   docker build --build-arg TORCH_VARIANT=cpu -t sideformer:cpu .   # or let this script build it
+#   tests/e2e/kind.sh
+# Environment: KIND_CLUSTER (default sideformer-e2e), IMAGE (sideformer:cpu), NAMESPACE (sideformer),
+# TRAINING_OPERATOR_REF (v1.9.4: the release whose CRD the tests validate against), KEEP_CLUSTER=1 to
+# keep a cluster this script created, STUDY_TIMEOUT and FINAL_TIMEOUT in seconds.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+CLUSTER=${KIND_CLUSTER:-sideformer-e2e}
+IMAGE=${IMAGE:-sideformer:cpu}
+NAMESPACE=${NAMESPACE:-sideformer}
+RELEASE=sideformer-tune # k8s/final-pytorchjob.yaml refers to this release's ConfigMap, Secret and claim
+STUDY=sideformer        # study.name in ci/kind-values.yaml
+FINAL_JOB=sideformer-final
+TRAINING_OPERATOR_REF=${TRAINING_OPERATOR_REF:-v1.9.4}
+TRAINING_OPERATOR="github.com/kubeflow/trainer.git/manifests/overlays/standalone?ref=${TRAINING_OPERATOR_REF}"
+STUDY_TIMEOUT=${STUDY_TIMEOUT:-2400}
+FINAL_TIMEOUT=${FINAL_TIMEOUT:-1200}
+KEEP_CLUSTER=${KEEP_CLUSTER:-0}
+CHART="$ROOT/helm/sideformer-tune"
+VALUES="$CHART/ci/kind-values.yaml"
+CREATED_CLUSTER=0
+
+log() { printf '\n== %s\n' "$*"; }
+fail() {
+    printf 'FAIL: %s\n' "$*" >&2
+    exit 1
+}
+k() { kubectl --namespace "$NAMESPACE" "$@"; }
+
+diagnostics() {
+    log "diagnostics"
+    k get pytorchjobs,jobs,pods,pvc,svc -o wide || true
+    k describe pytorchjobs || true
+    k get events --sort-by=.lastTimestamp | tail -n 60 || true
+    for pod in $(k get pods -o name 2>/dev/null); do
+        echo "--- logs of $pod"
+        k logs "$pod" --all-containers --tail=80 || true
+    done
+    kubectl --namespace kubeflow logs deployment/training-operator --tail=80 || true
+}
+
+on_exit() {
+    local rc=$?
+    if [ "$rc" -ne 0 ]; then
+        diagnostics
+    fi
+    if [ "$CREATED_CLUSTER" = 1 ] && [ "$KEEP_CLUSTER" != 1 ]; then
+        kind delete cluster --name "$CLUSTER" || true
+    fi
+    exit "$rc"
+}
+trap on_exit EXIT
+
+for tool in docker kind kubectl helm; do
+    command -v "$tool" >/dev/null || fail "kind.sh needs $tool on PATH"
+done
+
+# Wait for a PyTorchJob with `kubectl wait --for=condition=Succeeded`, failing fast when it turns Failed.
+wait_pytorchjob() {
+    local job=$1 timeout=$2 start=$SECONDS failed
+    until k wait --for=condition=Succeeded "pytorchjob/$job" --timeout=20s >/dev/null 2>&1; do
+        failed=$(k get pytorchjob "$job" -o jsonpath='{.status.conditions[?(@.type=="Failed")].status}')
+        if [ "$failed" = "True" ]; then
+            k get pytorchjob "$job" -o jsonpath='{.status.conditions[?(@.type=="Failed")].message}{"\n"}' >&2
+            fail "PyTorchJob $job failed"
+        fi
+        if [ $((SECONDS - start)) -ge "$timeout" ]; then
+            fail "PyTorchJob $job did not succeed within ${timeout}s"
+        fi
+        echo "  $job: $(k get pytorchjob "$job" \
+            -o jsonpath='{range .status.conditions[?(@.status=="True")]}{.type}{" "}{end}') ($((SECONDS - start))s)"
+    done
+    echo "  $job: Succeeded"
+}
+
+# Run a shell script in a throwaway pod of the CPU image that mounts the output claim and gets the
+# study's storage URL; print its output and fail if the script fails.
+inspect_outputs() {
+    local name=$1 script=$2 phase
+    k delete pod "$name" --ignore-not-found --wait >/dev/null
+    k apply -f - <<EOF
+apiVersion: v1
+kind: Pod
+metadata:
+  name: $name
+  labels:
+    app.kubernetes.io/part-of: sideformer-e2e
+spec:
+  restartPolicy: Never
+  automountServiceAccountToken: false
+  securityContext: {runAsNonRoot: true, runAsUser: 1000, runAsGroup: 1000, fsGroup: 1000}
+  containers:
+    - name: inspect
+      image: $IMAGE
+      imagePullPolicy: IfNotPresent
+      command: [sh, -ec]
+      args:
+        - |
+$(printf '%s\n' "$script" | sed 's/^/          /')
+      env:
+        - name: OPTUNA_STORAGE
+          valueFrom: {secretKeyRef: {name: $RELEASE-db, key: storage-url}}
+        - {name: HOME, value: /tmp}
+      securityContext:
+        allowPrivilegeEscalation: false
+        readOnlyRootFilesystem: true
+        capabilities: {drop: [ALL]}
+      volumeMounts:
+        - {name: output, mountPath: /output, readOnly: true}
+        - {name: config, mountPath: /etc/sideformer, readOnly: true}
+        - {name: tmp, mountPath: /tmp}
+  volumes:
+    - name: output
+      persistentVolumeClaim: {claimName: $RELEASE-output}
+    - name: config
+      configMap: {name: $RELEASE-config}
+    - name: tmp
+      emptyDir: {}
+EOF
+    for _ in $(seq 1 90); do
+        phase=$(k get pod "$name" -o jsonpath='{.status.phase}')
+        case "$phase" in Succeeded | Failed) break ;; esac
+        sleep 2
+    done
+    k logs "$name"
+    [ "$phase" = "Succeeded" ] || fail "output check $name: pod ended $phase"
+    k delete pod "$name" --wait >/dev/null
+}
+
+log "image $IMAGE"
+if ! docker image inspect "$IMAGE" >/dev/null 2>&1; then
+    docker build --build-arg TORCH_VARIANT=cpu -t "$IMAGE" "$ROOT"
+fi
+
+log "kind cluster $CLUSTER"
+if ! kind get clusters | grep -qx "$CLUSTER"; then
+    kind create cluster --name "$CLUSTER" --wait 180s
+    CREATED_CLUSTER=1
+fi
+kubectl config use-context "kind-$CLUSTER"
+kind load docker-image "$IMAGE" --name "$CLUSTER"
+
+log "Kubeflow Training Operator $TRAINING_OPERATOR_REF (standalone)"
+kubectl apply --server-side -k "$TRAINING_OPERATOR"
+kubectl wait --for=condition=Established crd/pytorchjobs.kubeflow.org --timeout=120s
+kubectl --namespace kubeflow rollout status deployment/training-operator --timeout=300s
+
+log "helm install $RELEASE (ci/kind-values.yaml)"
+kubectl create namespace "$NAMESPACE" --dry-run=client -o yaml | kubectl apply -f -
+helm install "$RELEASE" "$CHART" --namespace "$NAMESPACE" -f "$VALUES" --wait --timeout 10m
+k wait --for=condition=Complete job --selector app.kubernetes.io/component=study-creator --timeout=300s
+
+log "the study runs until its budget is spent"
+for job in $(k get pytorchjobs --selector app.kubernetes.io/component=tune-worker -o name); do
+    wait_pytorchjob "${job#*/}" "$STUDY_TIMEOUT"
+done
+inspect_outputs check-search "
+test -s /output/$STUDY/best_hyperparams.json
+cat /output/$STUDY/best_hyperparams.json
+ls /output/$STUDY/trials
+sideformer study best --study $STUDY --config /etc/sideformer/config.yaml > /tmp/best.json
+cat /tmp/best.json
+grep -q '\"finished_trials\": 4' /tmp/best.json
+"
+
+log "final training: kubectl apply -k k8s/overlays/cpu"
+k apply -k "$ROOT/k8s/overlays/cpu"
+wait_pytorchjob "$FINAL_JOB" "$FINAL_TIMEOUT"
+inspect_outputs check-final "
+cd /output/$STUDY/final
+test -s final_ckpts/best_model.pth
+test -s final_ckpts/model/config.json
+test -s metrics.json
+test -s best_hyperparams.json
+test ! -e temp_ckpts
+ls -R final_ckpts
+"
+
+log "helm test $RELEASE"
+helm test "$RELEASE" --namespace "$NAMESPACE" --logs --timeout 10m
+
+log "clean uninstall"
+k delete -k "$ROOT/k8s/overlays/cpu" --wait
+helm uninstall "$RELEASE" --namespace "$NAMESPACE" --wait --timeout 5m
+# Helm leaves hook objects behind: the generated database Secret (a pre-install hook) is the only one.
+k delete secret "$RELEASE-db" --ignore-not-found
+# Pods of the deleted PyTorchJobs and Jobs go by garbage collection, just after their owners.
+k wait --for=delete pod --selector "app.kubernetes.io/instance=$RELEASE" --timeout=180s 2>/dev/null || true
+left=$(k get all,pvc,secrets,configmaps,pytorchjobs,jobs \
+    --selector "app.kubernetes.io/instance=$RELEASE" -o name)
+[ -z "$left" ] || fail "left behind after uninstall: $left"
+kubectl delete namespace "$NAMESPACE" --wait --timeout=300s
+log "kind e2e passed"
