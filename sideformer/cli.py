@@ -33,6 +33,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("sideformer: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        if exc.filename is None:  # not about a file we were given: a bug to report, with its trace
+            raise
+        print(f"sideformer: error: {exc.filename}: {exc.strerror}{_access_hint(exc)}", file=sys.stderr)
+        return 2
+
+
+def _access_hint(exc: OSError) -> str:
+    if isinstance(exc, PermissionError):
+        return (
+            f". This process runs as uid {os.getuid()}: make the file readable (and its folder writable, "
+            "for outputs) to that user, e.g. with chmod or a pod's fsGroup."
+        )
+    return ""
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -71,3 +71,17 @@ def test_code_is_not_unpickled(tmp_path: Path) -> None:
     torch.save({"x": subprocess.Popen}, target)  # a class reference: weights_only refuses it
     with pytest.raises(UserError, match="not a readable checkpoint"):
         load_checkpoint(target)
+
+
+def test_atomic_writes_get_the_mode_of_a_plain_write(tmp_path: Path) -> None:
+    # mkstemp's 0600 would hide datasets and results from other users (a container's uid, other pods).
+    import os
+
+    from sideformer.atomic import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "metadata.json", "{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "metadata.json").stat().st_mode & 0o777 == 0o644
