@@ -4,17 +4,27 @@
 set -eu
 url=$(printf '%s' "$OPTUNA_STORAGE" | sed 's|^postgresql+psycopg2://|postgresql://|')
 pg_isready --dbname="$url" --timeout=30
-found=$(psql "$url" --no-psqlrc -v ON_ERROR_STOP=1 -v study="$STUDY" -tA \
-    -c "SELECT count(*) FROM studies WHERE study_name = :'study'")
+found=$(psql "$url" --no-psqlrc -v ON_ERROR_STOP=1 -v study="$STUDY" -tA <<'SQL'
+SELECT count(*) FROM studies WHERE study_name = :'study';
+SQL
+)
 if [ "$found" != "1" ]; then
     echo "FAIL: study '$STUDY' not found through the dashboard's role" >&2
     exit 1
 fi
 echo "ok: study '$STUDY' is visible through the dashboard's role"
-# Inside a transaction that is rolled back either way, so the check can never delete anything.
-if psql "$url" --no-psqlrc -v ON_ERROR_STOP=1 -v study="$STUDY" \
-    -c "BEGIN" -c "DELETE FROM studies WHERE study_name = :'study'" -c "ROLLBACK" >/dev/null 2>&1; then
-    echo "FAIL: the dashboard's role may delete studies; it must be read-only" >&2
+# Privileges, not a trial DELETE: nothing here may ever change the study.
+writable=$(psql "$url" --no-psqlrc -v ON_ERROR_STOP=1 -tA <<'SQL'
+SELECT count(*) FROM information_schema.tables
+WHERE table_schema = 'public'
+  AND has_table_privilege(current_user, format('%I.%I', table_schema, table_name), 'INSERT,UPDATE,DELETE,TRUNCATE')
+UNION ALL
+SELECT count(*) FROM (SELECT 1 WHERE has_schema_privilege(current_user, 'public', 'CREATE')) AS create_privilege;
+SQL
+)
+if [ "$(printf '%s' "$writable" | tr -d '[:space:]')" != "00" ]; then
+    echo "FAIL: the dashboard's role may write (tables, schema): $(printf '%s' "$writable" | tr '\n' ' ');" \
+        "it must be read-only" >&2
     exit 1
 fi
-echo "ok: the dashboard's role cannot delete the study"
+echo "ok: the dashboard's role cannot change the study"

@@ -1,0 +1,328 @@
+"""The project's Kubernetes manifests as Python objects, produced by the real engines, never re-implemented.
+
+- The Helm chart `helm/sideformer-tune` through helm-python-sdk (Helm v4's own Go engine, offline).
+- The kustomize overlays `k8s/overlays/{gpu,cpu}` through `kubectl kustomize` (kustomize v5, built into
+  kubectl), or a standalone `kustomize build`. `SIDEFORMER_KUBECTL` names the kubectl binary to use.
+- `k8s/final-pytorchjob.yaml` as users apply it.
+
+The chart and kustomize tests read everything from here, and so do the container tests: `run_spec` gives
+the rendered command line, environment and mounts of a pod's container, `config_text` the rendered config
+file, and `operator_env` the variables the Training Operator injects, so a container can run exactly what
+the cluster would.
+
+Render with the release name `sideformer-tune` (the default): `k8s/` refers to that release's objects.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+CHART_DIR = REPO / "helm" / "sideformer-tune"
+K8S_DIR = REPO / "k8s"
+K8S_FINAL = K8S_DIR / "final-pytorchjob.yaml"
+KIND_VALUES = CHART_DIR / "ci" / "kind-values.yaml"
+GPU_VALUES = CHART_DIR / "examples" / "gpu-values.yaml"
+RELEASE = "sideformer-tune"
+NAMESPACE = "default"
+OVERLAYS = ("gpu", "cpu")
+
+# Values presets the tests render: name -> values files (in order, later files win).
+VALUES_PRESETS: dict[str, tuple[Path, ...]] = {"default": (), "kind": (KIND_VALUES,), "gpu": (GPU_VALUES,)}
+
+# What the Training Operator v1.9 sets in every PyTorchJob pod (see DESIGN.md, Training).
+OPERATOR_MASTER_PORT = 23456
+
+
+def schemas_dir() -> Path:
+    """The shared schema folder: $SIDEFORMER_SCHEMAS, else ../shared/schemas beside the repository."""
+    return Path(os.environ.get("SIDEFORMER_SCHEMAS") or REPO.parent / "shared" / "schemas")
+
+
+# --- Helm -----------------------------------------------------------------------------------------------
+
+
+def load_values(*values_files: Path | str, set_values: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Values as `helm install -f A -f B --set ...` composes them: maps merge deeply, later files win, lists
+    are replaced. A top-level key of `set_values` with dots is a path, as in --set (`"tune.workers": 3`);
+    nested dicts are taken as they are (so label keys such as `nvidia.com/gpu.present` stay whole)."""
+    values: dict[str, Any] = {}
+    for path in values_files:
+        loaded = yaml.safe_load(Path(path).read_text()) or {}
+        _merge(values, loaded)
+    for key, value in (set_values or {}).items():
+        *parents, leaf = key.split(".")
+        target = values
+        for part in parents:
+            target = target.setdefault(part, {})
+        if isinstance(value, dict) and isinstance(target.get(leaf), dict):
+            _merge(target[leaf], value)
+        else:
+            target[leaf] = copy.deepcopy(value)
+    return values
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> None:
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = copy.deepcopy(value)
+
+
+def render_chart_files(
+    *values_files: Path | str,
+    set_values: dict[str, Any] | None = None,
+    release: str = RELEASE,
+    namespace: str = NAMESPACE,
+) -> dict[str, str]:
+    """Template path -> rendered text (NOTES.txt included), as Helm renders an install. Values are checked
+    against values.schema.json first: bad values raise helm_python.HelmValuesError with Helm's message."""
+    import helm_python as helm
+
+    values = load_values(*values_files, set_values=set_values)
+    with helm.Chart.load(CHART_DIR) as chart:
+        return chart.render(values=values, name=release, namespace=namespace, is_install=True)
+
+
+def render_chart(
+    *values_files: Path | str,
+    set_values: dict[str, Any] | None = None,
+    release: str = RELEASE,
+    namespace: str = NAMESPACE,
+) -> list[dict[str, Any]]:
+    """Every object the chart renders, hooks and `helm test` pods included (filter with `is_hook`,
+    `is_test` or `installed`). NOTES.txt is left out (see `render_notes`)."""
+    files = render_chart_files(*values_files, set_values=set_values, release=release, namespace=namespace)
+    objects = []
+    for path, text in sorted(files.items()):
+        if path.endswith("NOTES.txt"):
+            continue
+        objects.extend(doc for doc in yaml.safe_load_all(text) if doc)
+    return objects
+
+
+def render_notes(*values_files: Path | str, set_values: dict[str, Any] | None = None) -> str:
+    files = render_chart_files(*values_files, set_values=set_values)
+    return next(text for path, text in files.items() if path.endswith("NOTES.txt"))
+
+
+def lint_chart(*values_files: Path | str, set_values: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`helm lint --strict` with these values. Returns {"messages": [{"severity", "path", "error"}],
+    "errors": [...]}; severity 2 is a warning, 3 an error."""
+    import helm_python as helm
+
+    return helm.lint(CHART_DIR, load_values(*values_files, set_values=set_values), strict=True)
+
+
+def hook(obj: dict[str, Any]) -> str | None:
+    """The object's `helm.sh/hook` annotation (e.g. "pre-install", "test"), or None."""
+    return ((obj.get("metadata") or {}).get("annotations") or {}).get("helm.sh/hook")
+
+
+def is_hook(obj: dict[str, Any]) -> bool:
+    return hook(obj) is not None
+
+
+def is_test(obj: dict[str, Any]) -> bool:
+    return "test" in (hook(obj) or "").split(",")
+
+
+def installed(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What `helm install` creates (install hooks included), without the `helm test` pods."""
+    return [obj for obj in objects if not is_test(obj)]
+
+
+# --- k8s/ and kustomize ---------------------------------------------------------------------------------
+
+
+class KustomizeUnavailable(RuntimeError):
+    """Neither kubectl (with its built-in kustomize) nor a kustomize binary is installed."""
+
+
+def kustomize_command() -> list[str]:
+    """`kubectl kustomize` ($SIDEFORMER_KUBECTL or kubectl on PATH), else `kustomize build`."""
+    kubectl = os.environ.get("SIDEFORMER_KUBECTL") or shutil.which("kubectl")
+    if kubectl:
+        return [kubectl, "kustomize"]
+    kustomize = shutil.which("kustomize")
+    if kustomize:
+        return [kustomize, "build"]
+    raise KustomizeUnavailable(
+        "rendering k8s/overlays needs kubectl (>= 1.27, kustomize v5 built in) or kustomize v5 on PATH, "
+        "or SIDEFORMER_KUBECTL naming a kubectl binary"
+    )
+
+
+def render_kustomize(overlay: str) -> list[dict[str, Any]]:
+    """The objects `kubectl kustomize k8s/overlays/<overlay>` renders ("gpu" or "cpu")."""
+    if overlay not in OVERLAYS:
+        raise ValueError(f"overlay {overlay!r}: expected one of {OVERLAYS}")
+    result = subprocess.run(
+        [*kustomize_command(), str(K8S_DIR / "overlays" / overlay)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"kustomize failed for k8s/overlays/{overlay}:\n{result.stderr}")
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def load_k8s_final() -> list[dict[str, Any]]:
+    """The objects of k8s/final-pytorchjob.yaml, as `kubectl apply -f` reads them."""
+    return [doc for doc in yaml.safe_load_all(K8S_FINAL.read_text()) if doc]
+
+
+# --- reading objects ------------------------------------------------------------------------------------
+
+
+def find(objects: list[dict[str, Any]], kind: str, name: str | None = None) -> list[dict[str, Any]]:
+    return [o for o in objects if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)]
+
+
+def one(objects: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+    found = find(objects, kind, name)
+    if len(found) != 1:
+        names = [o["metadata"]["name"] for o in find(objects, kind)]
+        raise LookupError(f"expected one {kind} named {name or '(any)'}; found {names}")
+    return found[0]
+
+
+def component(objects: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    """Objects labelled app.kubernetes.io/component=<name> (tune-worker, database, dashboard, ...)."""
+    return [
+        o for o in objects if ((o["metadata"].get("labels") or {}).get("app.kubernetes.io/component") == name)
+    ]
+
+
+def pytorchjob_pod(job: dict[str, Any], replica: str) -> dict[str, Any]:
+    """The pod spec of a PyTorchJob replica ("Master" or "Worker")."""
+    specs = job["spec"]["pytorchReplicaSpecs"]
+    if replica not in specs:
+        raise KeyError(
+            f"PyTorchJob {job['metadata']['name']} has no {replica} replicas (has {sorted(specs)})"
+        )
+    return specs[replica]["template"]["spec"]
+
+
+def pod_spec(obj: dict[str, Any], replica: str = "Master") -> dict[str, Any]:
+    """The pod spec of a Pod, a workload (Job, Deployment, StatefulSet) or a PyTorchJob replica."""
+    kind = obj["kind"]
+    if kind == "PyTorchJob":
+        return pytorchjob_pod(obj, replica)
+    if kind == "Pod":
+        return obj["spec"]
+    return obj["spec"]["template"]["spec"]
+
+
+def pod_specs(obj: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every pod spec an object carries (all replicas of a PyTorchJob)."""
+    if obj["kind"] == "PyTorchJob":
+        return [r["template"]["spec"] for r in obj["spec"]["pytorchReplicaSpecs"].values()]
+    if obj["kind"] in ("Pod", "Job", "Deployment", "StatefulSet", "DaemonSet", "ReplicaSet"):
+        return [pod_spec(obj)]
+    return []
+
+
+def container(pod: dict[str, Any], name: str = "pytorch") -> dict[str, Any]:
+    """A container (or init container) of a pod spec, by name."""
+    for c in [*pod.get("initContainers", []), *pod["containers"]]:
+        if c["name"] == name:
+            return c
+    names = [c["name"] for c in [*pod.get("initContainers", []), *pod["containers"]]]
+    raise KeyError(f"no container {name!r} (containers: {names})")
+
+
+class SecretRef(NamedTuple):
+    name: str
+    key: str
+    optional: bool
+
+
+class Mount(NamedTuple):
+    volume: str
+    """The pod volume's name."""
+    read_only: bool
+    sub_path: str | None
+    source: dict[str, Any]
+    """The pod volume's source, e.g. {"persistentVolumeClaim": {...}} or {"emptyDir": {}}."""
+
+
+class RunSpec(NamedTuple):
+    """What a container runs: `args` after the image's ENTRYPOINT (`sideformer`), the plain environment,
+    the environment taken from Secrets, and the mounts by path. Unpacks as a 4-tuple."""
+
+    args: list[str]
+    env: dict[str, str]
+    secret_env: dict[str, SecretRef]
+    volume_mounts: dict[str, Mount]
+
+
+def run_spec(obj: dict[str, Any], replica: str = "Master", container_name: str = "pytorch") -> RunSpec:
+    """The command line, environment and mounts of a container: by default container `pytorch` of a
+    PyTorchJob's Master. Works for any pod-carrying object and any (init) container name."""
+    pod = pod_spec(obj, replica)
+    c = container(pod, container_name)
+    if "command" in c and container_name == "pytorch":
+        raise ValueError("a training container sets only args: the image's ENTRYPOINT is `sideformer`")
+    env: dict[str, str] = {}
+    secret_env: dict[str, SecretRef] = {}
+    for var in c.get("env", []):
+        ref = (var.get("valueFrom") or {}).get("secretKeyRef")
+        if ref:
+            secret_env[var["name"]] = SecretRef(ref["name"], ref["key"], bool(ref.get("optional", False)))
+        elif "value" in var:
+            env[var["name"]] = str(var["value"])
+        else:
+            raise ValueError(f"env {var['name']}: only plain values and secretKeyRef are used here")
+    volumes = {v["name"]: {k: val for k, val in v.items() if k != "name"} for v in pod.get("volumes", [])}
+    mounts = {
+        m["mountPath"]: Mount(m["name"], bool(m.get("readOnly", False)), m.get("subPath"), volumes[m["name"]])
+        for m in c.get("volumeMounts", [])
+    }
+    return RunSpec([str(a) for a in c.get("args", [])], env, secret_env, mounts)
+
+
+def config_text(objects: list[dict[str, Any]], name: str | None = None) -> str:
+    """The SideFormer config file (key config.yaml) of the ConfigMap `name`, or of the only ConfigMap
+    holding one. Pods mount it at /etc/sideformer; k8s/ mounts the chart's (sideformer-tune-config)."""
+    maps = [m for m in find(objects, "ConfigMap", name) if "config.yaml" in (m.get("data") or {})]
+    if len(maps) != 1:
+        raise LookupError(
+            f"expected one ConfigMap with config.yaml, found {[m['metadata']['name'] for m in maps]}"
+        )
+    return maps[0]["data"]["config.yaml"]
+
+
+def operator_env(job: dict[str, Any], replica: str = "Master", index: int = 0) -> dict[str, str]:
+    """The variables the Training Operator v1.9 sets in pod `<job>-<replica>-<index>` of a PyTorchJob with
+    an integer nprocPerNode: RANK is the node rank (Master 0, Worker i -> i + 1), WORLD_SIZE counts
+    processes, PET_* are what torchrun reads."""
+    specs = job["spec"]["pytorchReplicaSpecs"]
+    nproc = job["spec"].get("nprocPerNode", "auto")
+    if not str(nproc).isdigit():
+        raise ValueError(f"nprocPerNode {nproc!r}: the manifests here always use an integer (quoted)")
+    nodes = sum(int(spec.get("replicas", 1)) for spec in specs.values())
+    rank = 0 if replica == "Master" else index + 1
+    master = f"{job['metadata']['name']}-master-0"
+    return {
+        "MASTER_ADDR": master,
+        "MASTER_PORT": str(OPERATOR_MASTER_PORT),
+        "RANK": str(rank),
+        "WORLD_SIZE": str(nodes * int(nproc)),
+        "PET_NNODES": str(nodes),
+        "PET_NODE_RANK": str(rank),
+        "PET_NPROC_PER_NODE": str(nproc),
+        "PET_MASTER_ADDR": master,
+        "PET_MASTER_PORT": str(OPERATOR_MASTER_PORT),
+        "PYTHONUNBUFFERED": "0",  # the operator's value (any non-empty value unbuffers Python)
+    }

@@ -1,0 +1,518 @@
+"""The sideformer-tune Helm chart, rendered and linted by Helm v4's own engine (helm-python-sdk), every
+object validated with real schemas, and the values checked to land where the commands read them."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import helm_python as helm
+import pytest
+import yaml
+
+from sideformer.cli import build_parser
+from sideformer.config import load_config
+from sideformer.tune import parse_space, space_size
+from tests.e2e import manifests as m
+from tests.e2e.validation import pod_security_errors, validate_object
+
+PRESETS = list(m.VALUES_PRESETS)
+CONFIG_PATH = "/etc/sideformer/config.yaml"
+
+
+def render(preset: str, **set_values) -> list[dict]:
+    return m.render_chart(*m.VALUES_PRESETS[preset], set_values=set_values or None)
+
+
+def tune_jobs(objects: list[dict]) -> list[dict]:
+    return [j for j in m.find(objects, "PyTorchJob") if j in m.component(objects, "tune-worker")]
+
+
+def arg(args: list[str], flag: str) -> str:
+    return args[args.index(flag) + 1]
+
+
+# --- Helm lint, render, validation ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_chart_lints_strict(preset):
+    report = m.lint_chart(*m.VALUES_PRESETS[preset])
+    problems = [msg for msg in report["messages"] if msg["severity"] >= 2]  # warnings and errors
+    assert not problems and not report["errors"], report
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_rendered_object_validates(preset):
+    objects = render(preset)
+    kinds = {o["kind"] for o in objects}
+    assert {
+        "StatefulSet",
+        "Service",
+        "PersistentVolumeClaim",
+        "Secret",
+        "Job",
+        "PyTorchJob",
+        "Deployment",
+    } <= kinds
+    assert {"ConfigMap", "ServiceAccount", "Pod"} <= kinds
+    for obj in objects:  # hooks and `helm test` pods included
+        validate_object(obj)
+        assert obj["metadata"]["labels"]["app.kubernetes.io/instance"] == m.RELEASE
+        assert obj["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_pods_run_non_root_with_read_only_root_and_secrets_by_reference(preset):
+    for obj in render(preset):
+        assert not pod_security_errors(obj), (obj["kind"], obj["metadata"]["name"], pod_security_errors(obj))
+
+
+def test_validators_catch_what_they_are_for():
+    """The checks above are not vacuous: broken objects fail them."""
+    job = tune_jobs(render("kind"))[0]
+    broken = yaml.safe_load(yaml.safe_dump(job))
+    broken["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["name"] = "trainer"
+    with pytest.raises(AssertionError, match="no container named 'pytorch'"):
+        validate_object(broken)
+    broken = yaml.safe_load(yaml.safe_dump(job))
+    broken["spec"]["pytorchReplicaSpecs"]["Chief"] = broken["spec"]["pytorchReplicaSpecs"]["Master"]
+    with pytest.raises(AssertionError, match="only Master and Worker"):
+        validate_object(broken)
+    broken = yaml.safe_load(yaml.safe_dump(job))
+    broken["spec"]["pytorchReplicaSpecs"]["Master"]["replicas"] = 2
+    with pytest.raises(AssertionError, match="exactly one Master"):
+        validate_object(broken)
+    broken = yaml.safe_load(yaml.safe_dump(job))
+    broken["spec"]["pytorchReplicaSpecs"]["Worker"]["restartPolicy"] = "Sometimes"
+    with pytest.raises(AssertionError, match="restartPolicy"):
+        validate_object(broken)
+    broken = yaml.safe_load(yaml.safe_dump(job))
+    broken["spec"]["nprocPerNode"] = 1  # unquoted
+    with pytest.raises(AssertionError, match="nprocPerNode"):
+        validate_object(broken)
+    broken = yaml.safe_load(yaml.safe_dump(job))
+    broken["spec"]["runPolicy"]["backofLimit"] = 3  # typo: the CRD schema rejects unknown fields
+    with pytest.raises(AssertionError, match="backofLimit"):
+        validate_object(broken)
+    broken = yaml.safe_load(yaml.safe_dump(job))
+    broken["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["volumeMount"] = []
+    with pytest.raises(AssertionError, match="volumeMount"):
+        validate_object(broken)
+    statefulset = m.one(render("default"), "StatefulSet")
+    statefulset["spec"]["template"]["spec"]["securityContext"]["runAsUsr"] = 999
+    with pytest.raises(AssertionError, match="runAsUsr"):
+        validate_object(statefulset)
+    pod = m.pytorchjob_pod(job, "Master")
+    pod["containers"][0]["env"].append({"name": "DB_PASSWORD", "value": "hunter2"})
+    pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] = False
+    errors = pod_security_errors(job)
+    assert any("DB_PASSWORD is a plain value" in e for e in errors)
+    assert any("readOnlyRootFilesystem" in e for e in errors)
+
+
+# --- values.schema.json ---------------------------------------------------------------------------------
+
+SCHEMA_CASES = {
+    "negative GPUs": ({"tune.gpusPerNode": -1}, "at '/tune/gpusPerNode': minimum: got -1, want 0"),
+    "fractional GPUs": ({"tune.gpusPerNode": 0.5}, "at '/tune/gpusPerNode': got number, want integer"),
+    "no workers": ({"tune.workers": 0}, "at '/tune/workers': minimum: got 0, want 1"),
+    "zero nodes per trial": ({"tune.nodesPerTrial": 0}, "at '/tune/nodesPerTrial': minimum: got 0, want 1"),
+    "no database": (
+        {"postgresql.enabled": False},
+        "at '/externalDatabase/existingSecret': minLength: got 0, want 1",
+    ),
+    "external database without host": (
+        {"postgresql.enabled": False, "externalDatabase.existingSecret": "optuna-db"},
+        "at '/externalDatabase/host': minLength: got 0, want 1",
+    ),
+    "unknown top-level key": ({"tunes": {"workers": 2}}, "at '': additional properties 'tunes' not allowed"),
+    "unknown nested key": ({"tune.gpus": 2}, "at '/tune': additional properties 'gpus' not allowed"),
+    "unknown restart policy": ({"tune.restartPolicy": "Sometimes"}, "at '/tune/restartPolicy'"),
+    "existing claim without a name": ({"data.existingClaim": ""}, "at '/data/existingClaim': minLength"),
+    "NFS without a server": ({"output.type": "nfs"}, "at '/output/nfs/server': minLength: got 0, want 1"),
+    "secret in extraEnv": (
+        {"tune.extraEnv": [{"name": "X", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]},
+        "at '/tune/extraEnv/0'",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", SCHEMA_CASES)
+def test_values_schema_rejects_wrong_values_with_helms_message(case):
+    set_values, message = SCHEMA_CASES[case]
+    with pytest.raises(helm.HelmValuesError) as caught:
+        render("default", **set_values)
+    assert "values don't meet the specifications of the schema" in str(caught.value)
+    assert message in str(caught.value)
+
+
+def test_values_schema_accepts_an_external_database():
+    objects = render(
+        "default",
+        **{
+            "postgresql.enabled": False,
+            "externalDatabase.host": "db.example.internal",
+            "externalDatabase.existingSecret": "optuna-db",
+        },
+    )
+    assert not m.find(objects, "StatefulSet") and not m.find(objects, "Secret")
+    job = tune_jobs(objects)[0]
+    assert m.run_spec(job).secret_env["OPTUNA_STORAGE"] == m.SecretRef("optuna-db", "storage-url", False)
+    wait = m.run_spec(job, container_name="wait-for-database")
+    assert wait.env["DB_HOST"] == "db.example.internal"
+    dashboard = m.run_spec(m.one(objects, "Deployment"), container_name="dashboard")
+    assert dashboard.secret_env["OPTUNA_STORAGE"] == m.SecretRef("optuna-db", "dashboard-storage-url", False)
+
+
+def test_values_files_hold_no_secrets():
+    for path in [m.CHART_DIR / "values.yaml", *m.VALUES_PRESETS["kind"], *m.VALUES_PRESETS["gpu"]]:
+        text = path.read_text()
+        # A key holding a credential itself (keys that *name* a Secret's key, like userPasswordKey, are fine).
+        assert not re.search(r"(?im)^\s*(\w*password|api[-_]?key|token)\s*:\s*\S", text), path
+        assert "postgresql+psycopg2://" not in yaml.safe_dump(yaml.safe_load(text)).replace(
+            "postgresql+psycopg2://tuner:PASSWORD@", ""
+        ), path
+
+
+def test_chart_never_asks_the_live_cluster():
+    for template in (m.CHART_DIR / "templates").rglob("*"):
+        if template.is_file():
+            text = template.read_text()
+            assert not re.search(r"\blookup\b|Capabilities\.APIVersions", text), template
+
+
+# --- values land where the commands read them -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_gpu_count_sets_nproc_per_node_and_limits(preset):
+    gpus = m.load_values(*m.VALUES_PRESETS[preset]).get("tune", {}).get("gpusPerNode", 1)
+    for job in tune_jobs(render(preset)):
+        assert job["spec"]["nprocPerNode"] == str(max(gpus, 1))
+        for replica in job["spec"]["pytorchReplicaSpecs"]:
+            limits = m.container(m.pytorchjob_pod(job, replica))["resources"].get("limits", {})
+            if gpus:
+                assert limits["nvidia.com/gpu"] == gpus
+            else:
+                assert "nvidia.com/gpu" not in limits
+
+
+def test_gpu_count_from_set_values():
+    job = tune_jobs(render("gpu", **{"tune.gpusPerNode": 8}))[0]
+    assert job["spec"]["nprocPerNode"] == "8"
+    assert m.container(m.pytorchjob_pod(job, "Master"))["resources"]["limits"]["nvidia.com/gpu"] == 8
+    assert m.container(m.pytorchjob_pod(job, "Master"))["resources"]["limits"]["memory"] == "96Gi"
+
+
+@pytest.mark.parametrize(("workers", "nodes"), [(1, 1), (3, 2), (5, 4)])
+def test_number_of_tune_workers_and_nodes_per_trial(workers, nodes):
+    jobs = tune_jobs(render("default", **{"tune.workers": workers, "tune.nodesPerTrial": nodes}))
+    assert sorted(j["metadata"]["name"] for j in jobs) == [f"{m.RELEASE}-tune-{i}" for i in range(workers)]
+    for job in jobs:
+        specs = job["spec"]["pytorchReplicaSpecs"]
+        assert specs["Master"]["replicas"] == 1
+        assert specs.get("Worker", {}).get("replicas", 0) == nodes - 1
+        assert all(s["restartPolicy"] == "OnFailure" for s in specs.values())
+        assert job["spec"]["runPolicy"]["backoffLimit"] == 6
+
+
+def test_trial_budget_from_values_reaches_the_command():
+    default = m.run_spec(tune_jobs(render("default"))[0]).args
+    assert "--n-trials" not in default  # search.n_trials from the config file
+    args = m.run_spec(tune_jobs(render("default", **{"tune.nTrials": 12}))[0]).args
+    assert arg(args, "--n-trials") == "12"
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_volumes_are_mounted_where_the_commands_read(preset):
+    objects = render(preset)
+    values = m.load_values(*m.VALUES_PRESETS[preset])
+    study = values.get("study", {}).get("name", "sideformer")
+    config_map = m.one(objects, "ConfigMap", f"{m.RELEASE}-config")
+    assert "config.yaml" in config_map["data"]
+    for job in tune_jobs(objects):
+        for replica in job["spec"]["pytorchReplicaSpecs"]:
+            args, env, secret_env, mounts = m.run_spec(job, replica)
+            assert args[0] == "search"
+            assert arg(args, "--study") == study
+            assert arg(args, "--output") == f"/output/{study}"
+            assert mounts[arg(args, "--data")].read_only
+            assert mounts["/output"].read_only is False
+            assert env["WANDB_DIR"].startswith("/output/")
+            config_dir = str(Path(arg(args, "--config")).parent)
+            assert mounts[config_dir].source == {"configMap": {"name": config_map["metadata"]["name"]}}
+            assert mounts["/dev/shm"].source["emptyDir"]["medium"] == "Memory"
+            assert "emptyDir" in mounts["/tmp"].source and env["HOME"] == "/tmp"
+            output = mounts["/output"].source
+            if replica == "Worker":
+                assert output == {"emptyDir": {}}  # ranks > 0 write no outputs
+            else:
+                assert output == {"persistentVolumeClaim": {"claimName": f"{m.RELEASE}-output"}}
+            assert "OPTUNA_STORAGE" in secret_env and "OPTUNA_STORAGE" not in env
+
+
+def test_data_volume_kinds():
+    def data_source(**set_values):
+        job = tune_jobs(render("default", **set_values))[0]
+        return m.run_spec(job).volume_mounts["/data"]
+
+    assert data_source().source == {"persistentVolumeClaim": {"claimName": "sideformer-data"}}
+    nfs = data_source(**{"data.type": "nfs", "data.nfs": {"server": "nas", "path": "/export/aihub"}})
+    assert nfs.source == {"nfs": {"server": "nas", "path": "/export/aihub"}}
+    host = data_source(**{"data.type": "hostPath", "data.hostPath.path": "/mnt/aihub", "data.subPath": "v1"})
+    assert host.source == {"hostPath": {"path": "/mnt/aihub", "type": "Directory"}} and host.sub_path == "v1"
+    objects = render("default", **{"data.type": "pvc"})
+    assert m.one(objects, "PersistentVolumeClaim", f"{m.RELEASE}-data")
+    assert m.run_spec(tune_jobs(objects)[0]).volume_mounts["/data"].source["persistentVolumeClaim"] == {
+        "claimName": f"{m.RELEASE}-data"
+    }
+
+
+def test_synthetic_data_is_written_by_sideformer_synth_before_the_trainer_starts():
+    job = tune_jobs(render("kind"))[0]
+    pod = m.pytorchjob_pod(job, "Master")
+    assert [c["name"] for c in pod["initContainers"]] == ["wait-for-database", "synth-data"]
+    synth = m.run_spec(job, container_name="synth-data")
+    assert synth.args[:3] == ["synth", "--out", "/data"]
+    assert synth.volume_mounts["/data"].volume == "data" and not synth.volume_mounts["/data"].read_only
+    assert m.run_spec(job).volume_mounts["/data"].source == {"emptyDir": {}}
+
+
+def test_hf_cache_and_wandb_secret():
+    job = tune_jobs(render("gpu"))[0]
+    _, env, secret_env, mounts = m.run_spec(job)
+    assert env["HF_HOME"] == "/hf-cache" and env["HF_HUB_OFFLINE"] == "1"
+    assert mounts["/hf-cache"].source == {"persistentVolumeClaim": {"claimName": "hf-cache"}}
+    assert secret_env["WANDB_API_KEY"] == m.SecretRef("sideformer-wandb", "api-key", False)
+    assert env["NCCL_DEBUG"] == "WARN"
+    _, env, secret_env, mounts = m.run_spec(tune_jobs(render("default"))[0])
+    assert "HF_HOME" not in env and "/hf-cache" not in mounts and "WANDB_API_KEY" not in secret_env
+
+
+def test_scheduling_values_pass_through():
+    pod = m.pytorchjob_pod(tune_jobs(render("gpu"))[0], "Master")
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
+    affinity = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": []}}}
+    pod = m.pytorchjob_pod(tune_jobs(render("default", **{"tune.affinity": affinity}))[0], "Master")
+    assert pod["affinity"] == affinity
+
+
+# --- secrets ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_secret_reference_resolves(preset):
+    """Each secretKeyRef names the generated Secret (and a key it holds) or a Secret the values name."""
+    objects = render(preset)
+    values = m.load_values(*m.VALUES_PRESETS[preset])
+    generated = {s["metadata"]["name"]: s for s in m.find(objects, "Secret")}
+    external = {values.get("wandb", {}).get("existingSecret")} - {None, ""}
+    refs = 0
+    for obj in objects:
+        for pod in m.pod_specs(obj):
+            for c in [*pod.get("initContainers", []), *pod["containers"]]:
+                for var in c.get("env", []):
+                    ref = (var.get("valueFrom") or {}).get("secretKeyRef")
+                    if ref:
+                        refs += 1
+                        if ref["name"] in generated:
+                            assert ref["key"] in generated[ref["name"]]["data"], (
+                                obj["metadata"]["name"],
+                                ref,
+                            )
+                        else:
+                            assert ref["name"] in external, ref
+    assert refs >= 5
+
+
+def test_generated_database_secret_is_made_once_at_install():
+    secret = m.one(render("default"), "Secret")
+    assert secret["metadata"]["name"] == f"{m.RELEASE}-db"
+    assert m.hook(secret) == "pre-install"  # an upgrade never re-rolls the passwords
+    import base64
+
+    data = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    assert re.fullmatch(r"[A-Za-z0-9]{32}", data["password"])
+    assert data["storage-url"] == (
+        f"postgresql+psycopg2://tuner:{data['password']}@{m.RELEASE}-postgresql:5432/optuna"
+    )
+    assert data["dashboard-storage-url"].startswith(
+        f"postgresql+psycopg2://viewer:{data['dashboard-password']}@"
+    )
+    assert len({data["postgres-password"], data["password"], data["dashboard-password"]}) == 3
+
+
+def test_existing_secret_replaces_the_generated_one():
+    objects = render("default", **{"postgresql.auth.existingSecret": "my-optuna-db"})
+    assert not m.find(objects, "Secret")
+    statefulset = m.one(objects, "StatefulSet")
+    env = m.container(m.pod_spec(statefulset), "postgresql")["env"]
+    refs = {v["name"]: v["valueFrom"]["secretKeyRef"] for v in env if "valueFrom" in v}
+    assert {r["name"] for r in refs.values()} == {"my-optuna-db"}
+    assert m.run_spec(tune_jobs(objects)[0]).secret_env["OPTUNA_STORAGE"].name == "my-optuna-db"
+
+
+def test_dashboard_reads_through_the_read_only_role():
+    objects = render("default")
+    deployment = m.one(objects, "Deployment", f"{m.RELEASE}-dashboard")
+    args, _, secret_env, _ = m.run_spec(deployment, container_name="dashboard")
+    assert args[-1] == "$(OPTUNA_STORAGE)"  # expanded by Kubernetes from the secretKeyRef below
+    assert secret_env["OPTUNA_STORAGE"].key == "dashboard-storage-url"
+    service = m.one(objects, "Service", f"{m.RELEASE}-dashboard")
+    assert service["spec"]["type"] == "ClusterIP"
+    assert m.find(render("default", **{"dashboard.enabled": False}), "Deployment") == []
+
+
+# --- the commands ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_sideformer_command_parses_with_the_real_cli(preset):
+    """What the pods run after the image's ENTRYPOINT (`sideformer`) is a valid sideformer command line."""
+    parser = build_parser()
+    objects = render(preset)
+    seen = set()
+    for obj in objects:
+        for pod in m.pod_specs(obj):
+            for c in [*pod.get("initContainers", []), *pod["containers"]]:
+                if (
+                    c["image"].startswith(
+                        m.load_values(*m.VALUES_PRESETS[preset])
+                        .get("image", {})
+                        .get("repository", "sideformer")
+                    )
+                    and "command" not in c
+                ):
+                    parser.parse_args(c["args"])
+                    seen.add(" ".join(c["args"][:2]))
+    assert {"search --data", "study create", "study export"} <= seen
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_rendered_config_is_a_valid_sideformer_config(preset, tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text(m.config_text(render(preset)))
+    config = load_config(path)
+    assert space_size(parse_space(config.search.space)) >= config.search.n_trials
+
+
+def test_study_creator_creates_the_study_the_workers_use():
+    objects = render("default")
+    (job,) = m.find(objects, "Job")
+    assert job["metadata"]["name"] == f"{m.RELEASE}-study-1"  # per revision: Job specs are immutable
+    args, _, secret_env, mounts = m.run_spec(job, container_name="study-creator")
+    worker_args = m.run_spec(tune_jobs(objects)[0]).args
+    assert args[:2] == ["study", "create"]
+    assert arg(args, "--study") == arg(worker_args, "--study")
+    assert arg(args, "--config") == arg(worker_args, "--config") == CONFIG_PATH
+    assert CONFIG_PATH.startswith(next(p for p in mounts if mounts[p].volume == "config"))
+    assert secret_env["OPTUNA_STORAGE"] == m.run_spec(tune_jobs(objects)[0]).secret_env["OPTUNA_STORAGE"]
+    assert [c["name"] for c in m.pod_spec(job)["initContainers"]] == ["wait-for-database"]
+
+
+def test_helm_test_hooks():
+    objects = render("default")
+    tests = [o for o in objects if m.is_test(o)]
+    assert sorted(t["metadata"]["name"] for t in tests) == [
+        f"{m.RELEASE}-test-readonly-role",
+        f"{m.RELEASE}-test-study",
+    ]
+    assert all(t["kind"] == "Pod" and t["spec"]["restartPolicy"] == "Never" for t in tests)
+    assert len(m.installed(objects)) == len(objects) - 2
+
+
+def test_notes_say_how_to_open_the_dashboard_and_run_the_final_job():
+    notes = m.render_notes()
+    assert f"kubectl port-forward -n default svc/{m.RELEASE}-dashboard 8080:8080" in notes
+    assert "kubectl apply -n default -f k8s/final-pytorchjob.yaml" in notes
+    assert "kubectl apply -k k8s/overlays/cpu" in notes
+    other = m.render_chart_files(release="tuning")
+    assert "change the names" in next(t for p, t in other.items() if p.endswith("NOTES.txt"))
+
+
+# --- the chart's scripts on a real PostgreSQL server ----------------------------------------------------
+
+
+def test_database_scripts_on_a_real_postgres_server(postgres_server, tmp_path, monkeypatch):
+    """files/initdb.sh (what the postgres image runs on first start) creates the workers' role and a
+    read-only dashboard role; the wait-for-database init container and both `helm test` pods, run with
+    their rendered commands, pass against it; the dashboard role cannot delete the study."""
+    import secrets
+
+    import psycopg2
+
+    from sideformer.cli import main as sideformer_main
+
+    objects = render("default")
+    suffix = secrets.token_hex(4)
+    tuner, viewer = f"tuner_{suffix}", f"viewer_{suffix}"
+    tuner_pw, viewer_pw = secrets.token_hex(12), secrets.token_hex(12)
+    admin_url = postgres_server.create_database()
+    dbname = admin_url.rsplit("/", 1)[1]
+    host, port = postgres_server.host, str(postgres_server.port)
+    base_env = {**os.environ, "PGHOST": host, "PGPORT": port, "PGPASSWORD": postgres_server.password}
+    try:
+        initdb = {
+            "POSTGRES_USER": postgres_server.user,
+            "POSTGRES_DB": dbname,
+            "SIDEFORMER_DB_USER": tuner,
+            "SIDEFORMER_DB_PASSWORD": tuner_pw,
+            "SIDEFORMER_DASHBOARD_USER": viewer,
+            "SIDEFORMER_DASHBOARD_PASSWORD": viewer_pw,
+        }
+        script = m.CHART_DIR / "files" / "initdb.sh"
+        run = subprocess.run(["bash", script], env={**base_env, **initdb}, capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr
+        # The rendered ConfigMap carries exactly this script.
+        configmap = m.one(objects, "ConfigMap", f"{m.RELEASE}-postgresql-initdb")
+        assert configmap["data"]["sideformer-roles.sh"] == script.read_text()
+
+        wait = m.run_spec(m.one(objects, "Job"), container_name="wait-for-database")
+        wait_script = m.container(m.pod_spec(m.one(objects, "Job")), "wait-for-database")["args"][0]
+        env = {**os.environ, **wait.env, "DB_HOST": host, "DB_PORT": port, "DB_WAIT_SECONDS": "20"}
+        run = subprocess.run(["sh", "-c", wait_script], env=env, capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0 and "accepts connections" in run.stdout, run.stdout + run.stderr
+
+        tuner_url = f"postgresql+psycopg2://{tuner}:{tuner_pw}@{host}:{port}/{dbname}"
+        viewer_url = f"postgresql+psycopg2://{viewer}:{viewer_pw}@{host}:{port}/{dbname}"
+        config = tmp_path / "config.yaml"
+        config.write_text(m.config_text(objects))
+        creator_args = m.run_spec(m.one(objects, "Job"), container_name="study-creator").args
+        creator_args = [str(config) if a == CONFIG_PATH else a for a in creator_args]
+        monkeypatch.setenv("OPTUNA_STORAGE", tuner_url)
+        assert sideformer_main(creator_args) == 0
+
+        # helm test 1: the study loads through the read-only role.
+        test_study = m.run_spec(m.one(objects, "Pod", f"{m.RELEASE}-test-study"), container_name="study")
+        out = tmp_path / "trials.jsonl"
+        args = [
+            str(config) if a == CONFIG_PATH else str(out) if a == "/tmp/trials.jsonl" else a
+            for a in test_study.args
+        ]
+        monkeypatch.setenv("OPTUNA_STORAGE", viewer_url)
+        assert sideformer_main(args) == 0 and out.exists()
+
+        # helm test 2: psql as the dashboard's role sees the study and may not delete it.
+        pod = m.one(objects, "Pod", f"{m.RELEASE}-test-readonly-role")
+        readonly = m.run_spec(pod, container_name="readonly-role")
+        script_text = m.container(m.pod_spec(pod), "readonly-role")["args"][0]
+        env = {**os.environ, **readonly.env, "OPTUNA_STORAGE": viewer_url, "HOME": str(tmp_path)}
+        run = subprocess.run(["sh", "-c", script_text], env=env, capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert "cannot change the study" in run.stdout
+        # ... and it fails for a role that can write (the workers' role stands in for a misconfigured one).
+        env["OPTUNA_STORAGE"] = tuner_url
+        run = subprocess.run(["sh", "-c", script_text], env=env, capture_output=True, text=True, timeout=60)
+        assert run.returncode == 1 and "must be read-only" in run.stderr
+    finally:
+        postgres_server.drop_database(dbname)
+        admin = psycopg2.connect(**{**postgres_server.dsn, "dbname": "postgres"})
+        admin.autocommit = True
+        with admin.cursor() as cur:
+            cur.execute(f'DROP ROLE IF EXISTS "{tuner}"')
+            cur.execute(f'DROP ROLE IF EXISTS "{viewer}"')
+        admin.close()
