@@ -479,12 +479,21 @@ def test_database_scripts_on_a_real_postgres_server(postgres_server, tmp_path, m
 
         tuner_url = f"postgresql+psycopg2://{tuner}:{tuner_pw}@{host}:{port}/{dbname}"
         viewer_url = f"postgresql+psycopg2://{viewer}:{viewer_pw}@{host}:{port}/{dbname}"
+        # The dashboard's wait also needs the study tables, which its read-only role cannot create.
+        dashboard = m.one(objects, "Deployment", f"{m.RELEASE}-dashboard")
+        dashboard_wait = m.run_spec(dashboard, container_name="wait-for-database")
+        assert dashboard_wait.secret_env["OPTUNA_STORAGE"].key == "dashboard-storage-url"
+        env = {**env, "OPTUNA_STORAGE": viewer_url, "DB_WAIT_SECONDS": "4"}
+        run = subprocess.run(["sh", "-c", wait_script], env=env, capture_output=True, text=True, timeout=60)
+        assert run.returncode == 1 and "no study tables" in run.stderr, run.stdout + run.stderr
         config = tmp_path / "config.yaml"
         config.write_text(m.config_text(objects))
         creator_args = m.run_spec(m.one(objects, "Job"), container_name="study-creator").args
         creator_args = [str(config) if a == CONFIG_PATH else a for a in creator_args]
         monkeypatch.setenv("OPTUNA_STORAGE", tuner_url)
         assert sideformer_main(creator_args) == 0
+        run = subprocess.run(["sh", "-c", wait_script], env=env, capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0 and "the study tables exist" in run.stdout, run.stdout + run.stderr
 
         # helm test 1: the study loads through the read-only role.
         test_study = m.run_spec(m.one(objects, "Pod", f"{m.RELEASE}-test-study"), container_name="study")

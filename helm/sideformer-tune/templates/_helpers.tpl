@@ -98,25 +98,32 @@ app.kubernetes.io/part-of: sideformer
       key: {{ .key }}
 {{- end }}
 
-{{/* Init container: wait until PostgreSQL accepts connections (pg_isready from the postgres image). */}}
+{{/*
+Init container: wait until PostgreSQL accepts connections (pg_isready from the postgres image); argument:
+dict "root" $ "storageKey" <secret key>|"" . With a storage key, also wait until the study tables exist.
+*/}}
 {{- define "sideformer.waitForDatabase" -}}
+{{- $root := .root -}}
 - name: wait-for-database
-  image: {{ include "sideformer.postgresql.image" . }}
-  imagePullPolicy: {{ .Values.postgresql.image.pullPolicy }}
+  image: {{ include "sideformer.postgresql.image" $root }}
+  imagePullPolicy: {{ $root.Values.postgresql.image.pullPolicy }}
   command: [sh, -c]
   args:
-    - {{ .Files.Get "files/wait-for-db.sh" | quote }}
+    - {{ $root.Files.Get "files/wait-for-db.sh" | quote }}
   env:
     - name: DB_HOST
-      value: {{ include "sideformer.db.host" . | quote }}
+      value: {{ include "sideformer.db.host" $root | quote }}
     - name: DB_PORT
-      value: {{ include "sideformer.db.port" . | quote }}
+      value: {{ include "sideformer.db.port" $root | quote }}
     - name: DB_WAIT_SECONDS
-      value: {{ .Values.waitForDatabase.timeoutSeconds | quote }}
+      value: {{ $root.Values.waitForDatabase.timeoutSeconds | quote }}
+    {{- with .storageKey }}
+    {{- include "sideformer.env.storage" (dict "root" $root "key" .) | nindent 4 }}
+    {{- end }}
   securityContext:
-    {{- toYaml .Values.securityContext | nindent 4 }}
+    {{- toYaml $root.Values.securityContext | nindent 4 }}
   resources:
-    {{- toYaml .Values.waitForDatabase.resources | nindent 4 }}
+    {{- toYaml $root.Values.waitForDatabase.resources | nindent 4 }}
 {{- end }}
 
 {{/* The environment of every SideFormer container: storage URL, W&B, HF cache, writable HOME. */}}
@@ -222,7 +229,7 @@ spec:
   securityContext:
     {{- toYaml $v.podSecurityContext | nindent 4 }}
   initContainers:
-    {{- include "sideformer.waitForDatabase" $root | nindent 4 }}
+    {{- include "sideformer.waitForDatabase" (dict "root" $root "storageKey" "") | nindent 4 }}
     {{- if eq $v.data.type "synthetic" }}
     {{- include "sideformer.synthData" $root | nindent 4 }}
     {{- end }}
