@@ -146,6 +146,71 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
         sub.set_defaults(handler=handler)
 
+    predict = commands.add_parser(
+        "predict", help="segment images, folders or videos with a trained model (masks and overlays)"
+    )
+    _add_model_args(predict)
+    predict.add_argument("--input", type=Path, required=True, help="an image, a video, or a folder of them")
+    predict.add_argument("--output", type=Path, required=True, help="folder for masks/ and overlays/")
+    predict.add_argument(
+        "--size",
+        type=_inference_size,
+        metavar="N|HxW",
+        help="inference resolution: shorter side N (aspect kept) or exactly HxW (default: training's size)",
+    )
+    predict.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: 8)")
+    predict.add_argument("--workers", type=int, default=2, help="image decoding processes (default: 2)")
+    predict.add_argument("--alpha", type=float, default=0.5, help="overlay opacity 0..1 (default: 0.5)")
+    predict.add_argument("--no-masks", dest="masks", action="store_false", help="write overlays only")
+    predict.add_argument("--no-overlays", dest="overlays", action="store_false", help="write masks only")
+    predict.set_defaults(handler=_predict)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="per-class IoU, confusion matrix and worst predictions of a model on a dataset split"
+    )
+    _add_model_args(evaluate)
+    evaluate.add_argument("--data", type=Path, required=True, help="dataset folder (holding metadata.json)")
+    evaluate.add_argument("--split", default="test", help="split to evaluate (default: %(default)s)")
+    evaluate.add_argument(
+        "--output", type=Path, help="report folder (default: RUN/evaluation/SPLIT beside the model)"
+    )
+    evaluate.add_argument(
+        "--size", type=int, metavar="N", help="shorter side images are resized to (default: training's)"
+    )
+    evaluate.add_argument("--batch-size", type=int, help="default: the training's validation batch size")
+    evaluate.add_argument("--workers", type=int, default=2, help="data loading processes (default: 2)")
+    evaluate.add_argument(
+        "--worst", type=int, default=6, help="worst images shown in worst_predictions.png (default: 6)"
+    )
+    evaluate.set_defaults(handler=_evaluate)
+
+    report = commands.add_parser("report", help="draw a run's training curves (loss, mIoU) as a PNG")
+    report.add_argument("--run", type=Path, required=True, help="run folder (the --output of train)")
+    report.add_argument("--out", type=Path, help="PNG to write (default: RUN/training_curves.png)")
+    report.set_defaults(handler=_report)
+
+    export = commands.add_parser(
+        "export", help="export a trained model to ONNX, checked against PyTorch with onnxruntime"
+    )
+    export.add_argument(
+        "--model", type=Path, required=True, help="run folder (final_ckpts/model inside) or model folder"
+    )
+    export.add_argument("--onnx", type=Path, required=True, help="ONNX file to write")
+    export.add_argument(
+        "--size", type=int, metavar="N", help="check size, shorter side (default: training's)"
+    )
+    export.add_argument(
+        "--atol", type=float, default=1e-3, help="largest logit difference accepted (default: %(default)g)"
+    )
+    export.add_argument(
+        "--exporter",
+        choices=("torchscript", "dynamo"),
+        default="torchscript",
+        help="torch.onnx exporter (default: %(default)s, fast; dynamo needs onnxscript)",
+    )
+    export.add_argument("--opset", type=int, help="ONNX opset (default: 17, or 18 with dynamo)")
+    export.set_defaults(handler=_export)
+
     convert = commands.add_parser(
         "convert-aihub",
         help="convert AI-Hub Surface Masking (CVAT XML 1.1) into a dataset folder",
@@ -233,6 +298,38 @@ def _add_study_args(
         parser.add_argument("--seed", type=int, help="sampler seed (default: random, distinct per worker)")
 
 
+def _add_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model", type=Path, required=True, help="run folder (final_ckpts/model inside) or model folder"
+    )
+    parser.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: a GPU when there is one"
+    )
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="auto: bf16 autocast on GPU, fp32 on CPU, as in training",
+    )
+
+
+def _inference_size(text: str) -> int | tuple[int, int]:
+    if "x" not in text.lower():
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected N or HxW such as 512 or 512x1024, got {text!r}"
+            ) from None
+        if value < 32:
+            raise argparse.ArgumentTypeError(f"size must be >= 32 pixels, got {value}")
+        return value
+    height, width = _size(text)
+    if min(height, width) < 32:
+        raise argparse.ArgumentTypeError(f"size must be >= 32 pixels each way, got {text!r}")
+    return height, width
+
+
 def _size(text: str) -> tuple[int, int]:
     try:
         height, width = (int(v) for v in text.lower().split("x"))
@@ -254,6 +351,65 @@ def _synth(args: argparse.Namespace, argv: list[str]) -> int:
 
     out = write_synthetic_dataset(args.out, args.train, args.valid, args.test, args.size, args.seed)
     print(f"wrote {args.train} train / {args.valid} valid / {args.test} test scenes to {out}")
+    return 0
+
+
+def _predict(args: argparse.Namespace, argv: list[str]) -> int:
+    from sideformer.predict import format_summary, load_trained_model, predict
+
+    model = load_trained_model(args.model, args.device, args.precision)
+    summary = predict(
+        model,
+        args.input,
+        args.output,
+        size=args.size,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        masks=args.masks,
+        overlays=args.overlays,
+        alpha=args.alpha,
+    )
+    print(format_summary(summary))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace, argv: list[str]) -> int:
+    from sideformer.assess import evaluate_model, format_evaluation
+
+    report = evaluate_model(
+        args.model,
+        args.data,
+        args.split,
+        out=args.output,
+        size=args.size,
+        batch_size=args.batch_size,
+        device=args.device,
+        precision=args.precision,
+        worst=args.worst,
+        workers=args.workers,
+    )
+    print(format_evaluation(report))
+    return 0
+
+
+def _report(args: argparse.Namespace, argv: list[str]) -> int:
+    from sideformer.report import read_history, write_training_curves
+
+    path = write_training_curves(args.run, args.out)
+    history = read_history(args.run)
+    best = max(history, key=lambda h: h.get("val_miou") or 0.0)
+    print(
+        f"{len(history)} epoch(s); best val mIoU {best.get('val_miou', float('nan')):.4f} at epoch "
+        f"{best.get('epoch')}\ntraining curves: {path}"
+    )
+    return 0
+
+
+def _export(args: argparse.Namespace, argv: list[str]) -> int:
+    from sideformer.export import export_onnx, format_export
+
+    report = export_onnx(args.model, args.onnx, args.size, args.atol, args.exporter, args.opset)
+    print(format_export(report))
     return 0
 
 

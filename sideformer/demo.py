@@ -1,12 +1,13 @@
-"""`sideformer demo`: synthetic scenes -> a small SegFormer trained on CPU -> a per-class IoU table.
+"""`sideformer demo`: synthetic scenes -> a small SegFormer trained on CPU -> a per-class IoU table,
+training curves and a few prediction overlays.
 
-Everything lands under one folder: `data/` (the synthetic dataset) and `run/` (the training run).
+Everything lands under one folder: `data/` (the synthetic dataset), `run/` (the training run, with
+`training_curves.png`) and `predictions/` (masks and overlays of a few validation images).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import shutil
 from pathlib import Path
 
@@ -14,10 +15,14 @@ from sideformer.config import load_config
 from sideformer.data.metadata import load_metadata
 from sideformer.data.synth import write_synthetic_dataset
 from sideformer.errors import UserError
+from sideformer.metrics import format_iou_table
+from sideformer.predict import load_trained_model, predict
+from sideformer.report import write_training_curves
 from sideformer.train import TrainResult, train
 
 log = logging.getLogger(__name__)
 
+DEMO_PREDICTIONS = 4
 DEMO_DATA = {"train": 200, "valid": 40, "size": (128, 128), "seed": 0}
 
 # Random weights learn faster with a higher learning rate and no 10x head multiplier than the
@@ -45,20 +50,40 @@ def run_demo(folder: Path, overrides: list[str]) -> int:
     config.data.path, config.output = str(data), str(run)
     result = train(config)
     print(format_result(result, load_metadata(data).classes))
+    print(format_pictures(*write_pictures(folder, run)))
     return 0
+
+
+def write_pictures(folder: Path, run: Path, count: int = DEMO_PREDICTIONS) -> tuple[Path, list[Path]]:
+    """The training curves, and `count` validation images segmented by the trained model."""
+    curves = write_training_curves(run)
+    predictions = folder / "predictions"
+    shutil.rmtree(predictions, ignore_errors=True)  # the demo's own previous pictures
+    model = load_trained_model(run)
+    summary = predict(model, folder / "data" / "valid" / "images", predictions, workers=0, limit=count)
+    return curves, summary.outputs
+
+
+def format_pictures(curves: Path, overlays: list[Path]) -> str:
+    lines = ["", "pictures:", f"  training curves           {curves}"]
+    lines += [f"  prediction overlay        {path}" for path in overlays]
+    if overlays:
+        lines.append(f"  class-id masks            {overlays[0].parent.parent / 'masks'}")
+    return "\n".join(lines)
 
 
 def format_result(result: TrainResult, classes: list[str]) -> str:
     best = result.best
-    width = max(len(c) for c in classes)
-    lines = ["", f"per-class IoU on the validation split (best epoch {best.epoch}):"]
-    for name in classes:
-        iou = best.val_per_class_iou[name]
-        bar = "" if math.isnan(iou) else "#" * round(iou * 30)
-        value = "  n/a " if math.isnan(iou) else f"{iou:6.3f}"
-        lines.append(f"  {name:<{width}}  {value}  {bar}")
-    lines += [
-        f"  {'mean IoU':<{width}}  {best.val_miou:6.3f}   pixel accuracy {best.val_pixel_accuracy:.3f}",
+    table = format_iou_table(
+        classes,
+        [best.val_per_class_iou[name] for name in classes],
+        best.val_miou,
+        best.val_pixel_accuracy,
+        f"per-class IoU on the validation split (best epoch {best.epoch}):",
+    )
+    lines = [
+        "",
+        table,
         "",
         "outputs:",
         f"  model (save_pretrained)   {result.output / 'final_ckpts/model'}",

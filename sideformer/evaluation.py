@@ -7,7 +7,7 @@ single-process evaluation of the same weights (DistributedSampler would repeat s
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -26,6 +26,12 @@ from sideformer.model import normalize, upsample_logits
 class EvalResult:
     loss: float
     metrics: SegMetrics
+    confusion: torch.Tensor | None = None
+    """The summed confusion matrix (rows labels, columns predictions), on the CPU."""
+
+
+BatchHook = Callable[[torch.Tensor, torch.Tensor], None]
+"""Called with each batch's (predictions, labels), both N x H x W on the device."""
 
 
 class ShardSampler(Sampler[int]):
@@ -60,14 +66,16 @@ def eval_loader(
 @torch.no_grad()
 def evaluate(
     model: torch.nn.Module,
-    loader: DataLoader,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
     num_classes: int,
     ignore_index: int,
     env: DistEnv,
     autocast_dtype: torch.dtype | None = None,
     channels_last: bool = False,
+    on_batch: BatchHook | None = None,
 ) -> EvalResult:
-    """`model` is the bare module (not the DDP wrapper): ranks may hold different numbers of batches."""
+    """`model` is the bare module (not the DDP wrapper): ranks may hold different numbers of batches.
+    `loader` is an `eval_loader` (or one wrapped in a progress bar)."""
     was_training = model.training
     model.eval()
     confusion = ConfusionMatrix(num_classes, ignore_index, env.device)
@@ -88,10 +96,13 @@ def evaluate(
             logits, masks, ignore_index=ignore_index, reduction="sum"
         )
         pixel_count += (masks != ignore_index).sum()
-        confusion.update(logits.argmax(1), masks)
+        predictions = logits.argmax(1)
+        confusion.update(predictions, masks)
+        if on_batch is not None:
+            on_batch(predictions, masks)
     all_reduce_sum(confusion.matrix, env)
     all_reduce_sum(loss_sum, env)
     all_reduce_sum(pixel_count, env)
     model.train(was_training)
     loss = float(loss_sum / pixel_count) if pixel_count > 0 else math.nan
-    return EvalResult(loss=loss, metrics=confusion.compute())
+    return EvalResult(loss=loss, metrics=confusion.compute(), confusion=confusion.matrix.cpu())

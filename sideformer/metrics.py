@@ -50,3 +50,17 @@ def metrics_from_confusion(matrix: torch.Tensor) -> SegMetrics:
         pixel_accuracy=float(true_positive.sum() / total) if total > 0 else math.nan,
         per_class_iou=[float(v) for v in iou],
     )
+
+
+def format_iou_table(
+    classes: list[str], per_class_iou: list[float], miou: float, pixel_accuracy: float, title: str
+) -> str:
+    """Per-class IoU with a bar each, then the mean: what `demo` and `evaluate` print."""
+    width = max(len(c) for c in [*classes, "mean IoU"])
+    lines = [title]
+    for name, iou in zip(classes, per_class_iou, strict=True):
+        bar = "" if math.isnan(iou) else "#" * round(iou * 30)
+        value = "  n/a " if math.isnan(iou) else f"{iou:6.3f}"
+        lines.append(f"  {name:<{width}}  {value}  {bar}")
+    lines.append(f"  {'mean IoU':<{width}}  {miou:6.3f}   pixel accuracy {pixel_accuracy:.3f}")
+    return "\n".join(lines)

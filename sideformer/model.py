@@ -56,6 +56,15 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
     return (images.float() - mean) / std
 
 
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast for `precision` bf16, or auto on a GPU that has it; None means fp32."""
+    if precision == "bf16" or (
+        precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
+    ):
+        return torch.bfloat16
+    return None
+
+
 def upsample_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """SegFormer predicts at 1/4 resolution; loss and metrics are computed at label size."""
     return torch.nn.functional.interpolate(logits, size=size, mode="bilinear", align_corners=False)

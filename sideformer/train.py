@@ -51,6 +51,7 @@ from sideformer.data.transforms import TrainTransform
 from sideformer.distributed import DistEnv
 from sideformer.errors import UserError
 from sideformer.evaluation import EvalResult, eval_loader, evaluate
+from sideformer.model import autocast_dtype as model_autocast_dtype
 from sideformer.model import build_model, normalize, upsample_logits
 from sideformer.tracking import JsonLinesLog, WandbRun
 
@@ -209,7 +210,7 @@ def _train(config: Config, env: DistEnv, report: Report | None, resume: bool) ->
     scheduler = get_polynomial_decay_schedule_with_warmup(
         optimizer, warmup_steps, total_steps, lr_end=0.0, power=config.optim.poly_power
     )
-    autocast_dtype = _autocast_dtype(config.train.precision, env.device)
+    autocast_dtype = model_autocast_dtype(config.train.precision, env.device)
     early = EarlyStopping(config.early_stop.monitor, config.early_stop.patience, config.early_stop.min_delta)
 
     # --- resume ---------------------------------------------------------------------------------------
@@ -433,14 +434,6 @@ def _build_optimizer(model: torch.nn.Module, config: Config, fused: bool) -> tor
     return torch.optim.AdamW(param_groups, lr=o.lr, betas=(o.betas[0], o.betas[1]), fused=fused or None)
 
 
-def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    if precision == "bf16" or (
-        precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
-    ):
-        return torch.bfloat16
-    return None
-
-
 def _resume_state(output: Path, resume: bool) -> dict[str, Any] | str | None:
     """The checkpoint to continue from, "finished" for a completed run, or None for a fresh start."""
     last = output / LAST
@@ -480,7 +473,12 @@ def _write_final_outputs(
 ) -> None:
     final = output / "final_ckpts"
     save_checkpoint(final / "best_model.pth", best_model.state_dict())
-    _save_pretrained_atomically(best_model, final / "model", meta)
+    # How validation saw the images, so `sideformer evaluate` and `predict` default to the same.
+    inference = {
+        "base_size": config.data.base_size or min(config.data.crop_size),
+        "eval_batch_size": config.train.eval_batch_size or config.train.batch_size,
+    }
+    _save_pretrained_atomically(best_model, final / "model", meta, inference)
     atomic_write_json(
         output / "metrics.json",
         {
@@ -507,7 +505,9 @@ def _write_final_outputs(
     log.info("best epoch %d: val mIoU %.4f, val loss %.4f", best.epoch, best.val_miou, best.val_loss)
 
 
-def _save_pretrained_atomically(model: torch.nn.Module, target: Path, meta: DatasetMeta) -> None:
+def _save_pretrained_atomically(
+    model: torch.nn.Module, target: Path, meta: DatasetMeta, inference: dict[str, Any] | None = None
+) -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a shard progress bar per save is noise in logs
@@ -516,7 +516,13 @@ def _save_pretrained_atomically(model: torch.nn.Module, target: Path, meta: Data
     model.save_pretrained(staging)
     (staging / "sideformer.json").write_text(
         json.dumps(
-            {"classes": meta.classes, "palette": meta.palette, "ignore_index": meta.ignore_index}, indent=2
+            {
+                "classes": meta.classes,
+                "palette": meta.palette,
+                "ignore_index": meta.ignore_index,
+                **(inference or {}),
+            },
+            indent=2,
         )
     )
     if target.exists():

@@ -12,15 +12,27 @@ import cv2
 import numpy as np
 
 
+def short_side_size(height: int, width: int, short: int) -> tuple[int, int]:
+    """(height, width) scaled so the shorter side is `short`, keeping the aspect ratio."""
+    scale = short / min(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Area-average when shrinking, bilinear when enlarging."""
+    h, w = image.shape[:2]
+    if (h, w) == (height, width):
+        return image
+    interp = cv2.INTER_AREA if height * width < h * w else cv2.INTER_LINEAR
+    return cv2.resize(image, (width, height), interpolation=interp)  # cv2 wants (width, height)
+
+
 def resize_short_side(image: np.ndarray, mask: np.ndarray, short: int) -> tuple[np.ndarray, np.ndarray]:
-    h, w = mask.shape
-    scale = short / min(h, w)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))  # cv2 wants (width, height)
-    if size == (w, h):
+    height, width = short_side_size(*mask.shape, short)
+    if (height, width) == mask.shape:
         return image, mask
-    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    return cv2.resize(image, size, interpolation=interp), cv2.resize(
-        mask, size, interpolation=cv2.INTER_NEAREST_EXACT
+    return resize_image(image, height, width), cv2.resize(
+        mask, (width, height), interpolation=cv2.INTER_NEAREST_EXACT
     )
 
 

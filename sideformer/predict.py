@@ -1,0 +1,465 @@
+"""Run a trained model on images, folders and videos (`sideformer predict`).
+
+Images go through the same steps as validation: RGB uint8, the shorter side resized to the training's
+base size (or `--size`), ImageNet normalisation on the device (`model.normalize`); the 1/4-resolution
+logits are upsampled bilinearly to the original size before the argmax, so masks match the input pixel
+for pixel. Consecutive images of the same size are batched; images are never padded (SegFormer's attention
+sees the whole image, so padding would change the prediction).
+
+Outputs under OUT, mirroring the input's folder structure:
+
+    masks/<name>.png                 class ids (uint8), the dataset format
+    overlays/<name>.jpg              the image with the class colours blended in
+    masks/<video>/<frame>.png        per video frame
+    overlays/<video>.mp4             the video with the overlay
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import yaml
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+from transformers import SegformerForSemanticSegmentation
+
+from sideformer.atomic import atomic_write_bytes
+from sideformer.data.classes import CLASS_NAMES, PALETTE
+from sideformer.data.dataset import worker_init
+from sideformer.data.transforms import resize_image, short_side_size
+from sideformer.errors import UserError
+from sideformer.model import autocast_dtype, normalize, upsample_logits
+from sideformer.plots import overlay
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
+DEFAULT_BASE_SIZE = 512  # SegFormer's ADE20K / Cityscapes-style default, for models saved without one
+
+Size = int | tuple[int, int]
+"""An int resizes the shorter side to it (keeping the aspect ratio); (height, width) resizes exactly."""
+
+
+@dataclass
+class TrainedModel:
+    model: SegformerForSemanticSegmentation
+    folder: Path
+    classes: list[str]
+    palette: list[tuple[int, int, int]]
+    ignore_index: int
+    base_size: int
+    """Short side validation resized images to; the default inference size."""
+    eval_batch_size: int
+    device: torch.device
+    autocast_dtype: torch.dtype | None
+
+
+# --- loading ---------------------------------------------------------------------------------------
+
+
+def resolve_model_dir(path: str | Path) -> Path:
+    """A model folder (config.json inside) or a run folder (final_ckpts/model inside)."""
+    path = Path(path)
+    for candidate in (path, path / "final_ckpts" / "model"):
+        if (candidate / "config.json").is_file():
+            return candidate
+    if (path / "temp_ckpts").is_dir():
+        raise UserError(f"--model {path}: this run has not finished (no final_ckpts/model yet).")
+    raise UserError(
+        f"--model {path}: not a trained model. Give a run folder (the --output of `sideformer train`, "
+        f"holding final_ckpts/model/) or a save_pretrained() folder holding config.json."
+    )
+
+
+def pick_device(preference: str = "auto") -> torch.device:
+    if preference == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA GPU is visible to this process; use --device cpu or auto.")
+    return torch.device("cuda" if preference in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+
+
+def load_trained_model(path: str | Path, device: str = "auto", precision: str = "auto") -> TrainedModel:
+    """The model in eval mode on `device`, with the classes, palette and sizes its training used."""
+    folder = resolve_model_dir(path)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    try:
+        model = SegformerForSemanticSegmentation.from_pretrained(folder)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{folder}: cannot load the model ({str(exc).splitlines()[0]}).") from None
+    extra = _read_json(folder / "sideformer.json")
+    id2label = model.config.id2label
+    classes = extra.get("classes") or [id2label[i] for i in range(len(id2label))]
+    if len(classes) != model.config.num_labels:
+        raise UserError(
+            f"{folder / 'sideformer.json'}: lists {len(classes)} classes but the model predicts "
+            f"{model.config.num_labels}; the folder mixes two models."
+        )
+    run_config = _run_config(folder)
+    base_size = extra.get("base_size") or _base_size_from(run_config)
+    if base_size is None:
+        log.info(
+            "%s: no training image size recorded; using %d (pass --size to change)", folder, DEFAULT_BASE_SIZE
+        )
+        base_size = DEFAULT_BASE_SIZE
+    train_cfg = run_config.get("train", {}) if run_config else {}
+    eval_batch = (
+        extra.get("eval_batch_size") or train_cfg.get("eval_batch_size") or train_cfg.get("batch_size") or 8
+    )
+    dev = pick_device(device)
+    return TrainedModel(
+        model=model.to(dev).eval(),
+        folder=folder,
+        classes=list(classes),
+        palette=[tuple(c) for c in extra["palette"]] if extra.get("palette") else default_palette(classes),  # type: ignore[misc]
+        ignore_index=int(extra.get("ignore_index", model.config.semantic_loss_ignore_index)),
+        base_size=int(base_size),
+        eval_batch_size=int(eval_batch),
+        device=dev,
+        autocast_dtype=autocast_dtype(precision, dev),
+    )
+
+
+def default_palette(classes: Sequence[str]) -> list[tuple[int, int, int]]:
+    """The SideGuide palette for its classes; otherwise distinct, well-spread colours (background black)."""
+    if list(classes) == CLASS_NAMES:
+        return list(PALETTE)
+    known = dict(zip(CLASS_NAMES, PALETTE, strict=True))
+    colours = []
+    for i, name in enumerate(classes):
+        if name in known:
+            colours.append(known[name])
+            continue
+        hue = int(i * 137.508) % 180  # golden-angle hues
+        hsv = np.uint8([[[hue, 200, 230 if i % 2 else 170]]])
+        colours.append(tuple(int(v) for v in cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0]))
+    return colours  # type: ignore[return-value]
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: unreadable ({exc}); delete it or restore it from the run.") from None
+
+
+def _run_config(model_dir: Path) -> dict:
+    """config.yaml of the run that saved `model_dir` (RUN/final_ckpts/model), if it is there."""
+    path = model_dir.parent.parent / "config.yaml"
+    if model_dir.parent.name != "final_ckpts" or not path.is_file():
+        return {}
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+
+
+def _base_size_from(run_config: dict) -> int | None:
+    data = run_config.get("data") or {}
+    return data.get("base_size") or (min(data["crop_size"]) if data.get("crop_size") else None)
+
+
+# --- inference -------------------------------------------------------------------------------------
+
+
+def inference_size(height: int, width: int, size: Size) -> tuple[int, int]:
+    if isinstance(size, int):
+        return short_side_size(height, width, size)
+    return size
+
+
+@torch.no_grad()
+def segment(tm: TrainedModel, images: Sequence[np.ndarray], size: Size | None = None) -> list[np.ndarray]:
+    """Class-id masks (uint8, each image's own size) for RGB uint8 images that share one shape."""
+    size = size or tm.base_size
+    height, width = images[0].shape[:2]
+    target = inference_size(height, width, size)
+    batch = np.stack([resize_image(image, *target) for image in images])
+    return _segment_resized(tm, torch.from_numpy(batch).permute(0, 3, 1, 2), [(height, width)] * len(images))
+
+
+@torch.no_grad()
+def _segment_resized(
+    tm: TrainedModel, batch: torch.Tensor, sizes: Sequence[tuple[int, int]]
+) -> list[np.ndarray]:
+    """`batch`: uint8 N x 3 x h x w already at inference size; `sizes`: each image's original size."""
+    pixels = normalize(batch.to(tm.device, non_blocking=True))
+    with torch.autocast(
+        tm.device.type, dtype=tm.autocast_dtype or torch.float32, enabled=bool(tm.autocast_dtype)
+    ):
+        logits = tm.model(pixel_values=pixels).logits
+    masks = []
+    for i, size in enumerate(sizes):  # one at a time: full-size logits of a batch can be large
+        full = upsample_logits(logits[i : i + 1].float(), size)
+        masks.append(full.argmax(1)[0].to(torch.uint8).cpu().numpy())
+    return masks
+
+
+# --- inputs and outputs ----------------------------------------------------------------------------
+
+
+@dataclass
+class PredictSummary:
+    out: Path
+    images: int = 0
+    videos: int = 0
+    frames: int = 0
+    seconds: float = 0.0
+    skipped: list[str] = field(default_factory=list)
+    outputs: list[Path] = field(default_factory=list)
+    """Overlay files written (one per image, one per video)."""
+
+    @property
+    def per_second(self) -> float:
+        return (self.images + self.frames) / self.seconds if self.seconds > 0 else 0.0
+
+
+def find_inputs(path: str | Path) -> tuple[Path, list[Path], list[Path]]:
+    """(root, images, videos): a single file, or every image and video under a folder (sorted)."""
+    path = Path(path)
+    if path.is_file():
+        suffix = path.suffix.lower()
+        if suffix in IMAGE_SUFFIXES:
+            return path.parent, [path], []
+        if suffix in VIDEO_SUFFIXES:
+            return path.parent, [], [path]
+        raise UserError(
+            f"--input {path}: not an image ({', '.join(sorted(IMAGE_SUFFIXES))}) or a video "
+            f"({', '.join(sorted(VIDEO_SUFFIXES))})."
+        )
+    if not path.is_dir():
+        raise UserError(f"--input {path}: no such file or folder.")
+    files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+    images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+    videos = [p for p in files if p.suffix.lower() in VIDEO_SUFFIXES]
+    if not images and not videos:
+        raise UserError(f"--input {path}: the folder holds no images or videos.")
+    return path, images, videos
+
+
+class _ImageFiles(Dataset):
+    """Decoded and resized in loader workers: (resized uint8 3xhxw, original uint8 HxWx3, index), or
+    (None, None, index) for an unreadable file (skipped with a warning rather than ending the run)."""
+
+    def __init__(self, paths: Sequence[Path], size: Size) -> None:
+        self.paths, self.size = list(paths), size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor | None, torch.Tensor | None, int]:
+        bgr = cv2.imread(str(self.paths[index]), cv2.IMREAD_COLOR)
+        if bgr is None:
+            return None, None, index
+        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        resized = resize_image(rgb, *inference_size(*rgb.shape[:2], self.size))
+        return torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1), torch.from_numpy(rgb), index
+
+
+def predict(
+    tm: TrainedModel,
+    inputs: str | Path,
+    out: str | Path,
+    size: Size | None = None,
+    batch_size: int = 8,
+    workers: int = 2,
+    masks: bool = True,
+    overlays: bool = True,
+    alpha: float = 0.5,
+    limit: int | None = None,
+) -> PredictSummary:
+    """Segment every image and video under `inputs` into `out`. `limit` keeps the first N images."""
+    if batch_size < 1:
+        raise UserError(f"--batch-size {batch_size}: must be >= 1.")
+    if not 0.0 <= alpha <= 1.0:
+        raise UserError(f"--alpha {alpha}: must be in [0, 1].")
+    root, images, videos = find_inputs(inputs)
+    if limit is not None:
+        images = images[:limit]
+    names = _output_names(root, images)
+    out = Path(out)
+    size = size or tm.base_size
+    summary = PredictSummary(out=out)
+    started = time.perf_counter()
+    if images:
+        _predict_images(tm, names, images, out, size, batch_size, workers, masks, overlays, alpha, summary)
+    for video in videos:
+        _predict_video(tm, root, video, out, size, batch_size, masks, overlays, alpha, summary)
+    if tm.device.type == "cuda":
+        torch.cuda.synchronize()
+    summary.seconds = time.perf_counter() - started
+    if summary.images == 0 and summary.frames == 0:
+        raise UserError(
+            f"--input {inputs}: no image or video could be read ({', '.join(summary.skipped[:3])})."
+        )
+    return summary
+
+
+def _batches(
+    loader: DataLoader, batch_size: int, summary: PredictSummary, paths: Sequence[Path]
+) -> Iterator[list]:
+    """Runs of up to `batch_size` consecutive images that share an inference size."""
+    batch: list = []
+    for tensor, original, index in loader:
+        if tensor is None:
+            log.warning("%s: cannot read this image; skipped", paths[index])
+            summary.skipped.append(str(paths[index]))
+            continue
+        if batch and (len(batch) == batch_size or batch[0][0].shape != tensor.shape):
+            yield batch
+            batch = []
+        batch.append((tensor, original, index))
+    if batch:
+        yield batch
+
+
+def _output_names(root: Path, paths: Sequence[Path]) -> list[str]:
+    """Each input's path under `root` without its suffix, or with it where two inputs (a.jpg, a.png)
+    would otherwise write the same mask."""
+    stems = [p.relative_to(root).with_suffix("").as_posix() for p in paths]
+    counts = Counter(stems)
+    return [
+        s if counts[s] == 1 else p.relative_to(root).as_posix() for s, p in zip(stems, paths, strict=True)
+    ]
+
+
+def _predict_images(
+    tm: TrainedModel,
+    names: Sequence[str],
+    paths: Sequence[Path],
+    out: Path,
+    size: Size,
+    batch_size: int,
+    workers: int,
+    masks: bool,
+    overlays: bool,
+    alpha: float,
+    summary: PredictSummary,
+) -> None:
+    loader = DataLoader(
+        _ImageFiles(paths, size),
+        batch_size=None,  # one sample at a time: batches are formed by size below
+        num_workers=min(workers, len(paths)),
+        worker_init_fn=worker_init,
+        prefetch_factor=batch_size if workers > 0 else None,
+    )
+    progress = tqdm(total=len(paths), desc="predicting", unit="img", disable=None, dynamic_ncols=True)
+    with progress:
+        for batch in _batches(loader, batch_size, summary, paths):
+            sizes = [tuple(original.shape[:2]) for _, original, _ in batch]
+            results = _segment_resized(tm, torch.stack([t for t, _, _ in batch]), sizes)
+            for (_, original, index), mask in zip(batch, results, strict=True):
+                relative = names[index]
+                if masks:
+                    _write_image(out / "masks" / f"{relative}.png", mask)
+                if overlays:
+                    rgb = original.numpy()
+                    target = out / "overlays" / f"{relative}.jpg"
+                    _write_image(
+                        target, cv2.cvtColor(overlay(rgb, mask, tm.palette, alpha), cv2.COLOR_RGB2BGR)
+                    )
+                    summary.outputs.append(target)
+            summary.images += len(batch)
+            progress.update(len(batch))
+        progress.update(len(paths) - progress.n)  # skipped files
+
+
+def _predict_video(
+    tm: TrainedModel,
+    root: Path,
+    path: Path,
+    out: Path,
+    size: Size,
+    batch_size: int,
+    masks: bool,
+    overlays: bool,
+    alpha: float,
+    summary: PredictSummary,
+) -> None:
+    capture = cv2.VideoCapture(str(path))
+    if not capture.isOpened():
+        log.warning("%s: cannot open this video; skipped", path)
+        summary.skipped.append(str(path))
+        return
+    fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
+    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+    relative = path.relative_to(root).with_suffix("")
+    target = out / "overlays" / f"{relative}.mp4"
+    partial = target.with_name(f".{target.stem}.partial.mp4")  # renamed once complete
+    writer: cv2.VideoWriter | None = None
+    frame_index = 0
+    complete = False
+    try:
+        with tqdm(total=total, desc=path.name, unit="frame", disable=None, dynamic_ncols=True) as progress:
+            while True:
+                frames = []
+                while len(frames) < batch_size:
+                    ok, bgr = capture.read()
+                    if not ok:
+                        break
+                    frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+                if not frames:
+                    break
+                for rgb, mask in zip(frames, segment(tm, frames, size), strict=True):
+                    if masks:
+                        _write_image(out / "masks" / relative / f"{frame_index:06d}.png", mask)
+                    if overlays:
+                        if writer is None:
+                            partial.parent.mkdir(parents=True, exist_ok=True)
+                            height, width = rgb.shape[:2]
+                            writer = cv2.VideoWriter(
+                                str(partial), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height)
+                            )
+                            if not writer.isOpened():
+                                raise UserError(
+                                    f"{target}: this OpenCV build cannot write MP4 video; pass --no-overlays."
+                                )
+                        writer.write(cv2.cvtColor(overlay(rgb, mask, tm.palette, alpha), cv2.COLOR_RGB2BGR))
+                    frame_index += 1
+                progress.update(len(frames))
+        complete = True
+    finally:
+        capture.release()
+        if writer is not None:
+            writer.release()
+            if complete:
+                os.replace(partial, target)
+                summary.outputs.append(target)
+        partial.unlink(missing_ok=True)
+    summary.videos += 1
+    summary.frames += frame_index
+
+
+def _write_image(path: Path, image: np.ndarray) -> None:
+    ok, data = cv2.imencode(path.suffix, image)
+    if not ok:
+        raise UserError(f"{path}: OpenCV cannot encode this format.")
+    atomic_write_bytes(path, data.tobytes())
+
+
+def format_summary(summary: PredictSummary) -> str:
+    parts = []
+    if summary.images:
+        parts.append(f"{summary.images} image(s)")
+    if summary.videos:
+        parts.append(f"{summary.videos} video(s), {summary.frames} frame(s)")
+    line = (
+        f"segmented {' and '.join(parts)} in {summary.seconds:.1f}s ({summary.per_second:.1f}/s); "
+        f"outputs in {summary.out}"
+    )
+    if summary.skipped:
+        line += f"\nskipped {len(summary.skipped)} unreadable file(s): {', '.join(summary.skipped[:5])}"
+    return line
