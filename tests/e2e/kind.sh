@@ -106,7 +106,7 @@ spec:
       command: [sh, -ec]
       args:
         - |
-$(printf '%s\n' "$script" | sed 's/^/          /')
+$(printf '%s\n' "$script" | sed -e '/^[[:space:]]*$/d' -e 's/^/          /')
       env:
         - name: OPTUNA_STORAGE
           valueFrom: {secretKeyRef: {name: $RELEASE-db, key: storage-url}}

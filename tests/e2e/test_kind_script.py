@@ -1,0 +1,117 @@
+"""tests/e2e/kind.sh without a cluster: docker, kind, kubectl and helm are replaced by recording stubs, so
+the script's order of steps, its fail-fast on a Failed PyTorchJob, its cleanup and the Pods it applies
+are checked here. The real run needs kind (CI: .github/workflows/kind-e2e.yml)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.e2e import manifests as m
+from tests.e2e.validation import pod_security_errors, validate_object
+
+SCRIPT = m.REPO / "tests" / "e2e" / "kind.sh"
+
+STUB = r"""#!/usr/bin/env bash
+# Recording stand-in for {tool}: logs its arguments, answers what kind.sh asks.
+printf '%s\n' "{tool} $*" >> "$STUB_LOG"
+args=" $* "
+case "{tool}" in
+kubectl)
+    case "$args" in
+    *" apply -f - "*) cat > "$STUB_DIR/applied-$(date +%s%N).yaml" ;;
+    *" create namespace "*) printf 'apiVersion: v1\nkind: Namespace\nmetadata:\n  name: sideformer\n' ;;
+    *" get pytorchjobs "*" -o name "*)
+        printf 'pytorchjob.kubeflow.org/%s\n' sideformer-tune-tune-0 sideformer-tune-tune-1 ;;
+    *" wait --for=condition=Succeeded pytorchjob/$FAIL_JOB "*) exit 1 ;;
+    *" get pytorchjob $FAIL_JOB "*'type=="Failed")].status'*) printf 'True' ;;
+    *" get pytorchjob $FAIL_JOB "*'type=="Failed")].message'*) printf 'pods failed\n' ;;
+    *" get pod "*"{{.status.phase}}"*) printf 'Succeeded' ;;
+    *" -o name "*) ;;
+    esac ;;
+kind)
+    case "$args" in *" get clusters "*) ;; esac ;;
+esac
+exit 0
+"""
+
+
+def run_script(tmp_path: Path, fail_job: str = "none") -> tuple[subprocess.CompletedProcess, list[str], Path]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("docker", "kind", "kubectl", "helm"):
+        stub = bin_dir / tool
+        stub.write_text(STUB.replace("{tool}", tool).replace("{{.status.phase}}", "{.status.phase}"))
+        stub.chmod(0o755)
+    log = tmp_path / "calls.log"
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "STUB_LOG": str(log),
+        "STUB_DIR": str(tmp_path),
+        "FAIL_JOB": fail_job,
+    }
+    run = subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=120)
+    calls = log.read_text().splitlines() if log.exists() else []
+    return run, calls, tmp_path
+
+
+def index_of(calls: list[str], *parts: str) -> int:
+    for i, call in enumerate(calls):
+        if all(p in call for p in parts):
+            return i
+    raise AssertionError(f"no call with {parts} in:\n" + "\n".join(calls))
+
+
+def test_kind_script_runs_the_flow_in_order(tmp_path):
+    run, calls, folder = run_script(tmp_path)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    steps = [
+        index_of(calls, "kind create cluster --name sideformer-e2e"),
+        index_of(calls, "kind load docker-image sideformer:cpu"),
+        index_of(calls, "kubectl apply --server-side -k github.com/kubeflow/trainer.git/", "ref=v1.9.4"),
+        index_of(calls, "kubectl --namespace kubeflow rollout status deployment/training-operator"),
+        index_of(calls, "helm install sideformer-tune", "ci/kind-values.yaml", "--wait"),
+        index_of(calls, "kubectl", "wait --for=condition=Complete job", "study-creator"),
+        index_of(calls, "kubectl", "wait --for=condition=Succeeded pytorchjob/sideformer-tune-tune-0"),
+        index_of(calls, "kubectl", "wait --for=condition=Succeeded pytorchjob/sideformer-tune-tune-1"),
+        index_of(calls, "kubectl", "apply -k", "k8s/overlays/cpu"),
+        index_of(calls, "kubectl", "wait --for=condition=Succeeded pytorchjob/sideformer-final"),
+        index_of(calls, "helm test sideformer-tune"),
+        index_of(calls, "kubectl", "delete -k", "k8s/overlays/cpu"),
+        index_of(calls, "helm uninstall sideformer-tune", "--wait"),
+        index_of(calls, "kubectl", "delete secret sideformer-tune-db"),
+        index_of(calls, "kind delete cluster --name sideformer-e2e"),
+    ]
+    assert steps == sorted(steps), calls
+    assert "kind e2e passed" in run.stdout
+    # The output checks run as Pods of the CPU image: valid, non-root, reading the chart's objects.
+    applied = [yaml.safe_load(p.read_text()) for p in sorted(folder.glob("applied-*.yaml"))]
+    assert applied[0]["kind"] == "Namespace"
+    pods = [obj for obj in applied if obj["kind"] == "Pod"]
+    assert [p["metadata"]["name"] for p in pods] == ["check-search", "check-final"]
+    for pod in pods:
+        validate_object(pod)
+        assert not pod_security_errors(pod)
+        spec = m.run_spec(pod, container_name="inspect")
+        assert spec.secret_env["OPTUNA_STORAGE"] == m.SecretRef("sideformer-tune-db", "storage-url", False)
+        claim = spec.volume_mounts["/output"].source["persistentVolumeClaim"]["claimName"]
+        assert m.one(m.render_chart(m.KIND_VALUES), "PersistentVolumeClaim", claim)
+        script = m.container(pod["spec"], "inspect")["args"][0]
+        assert subprocess.run(["sh", "-n", "-c", script], check=False).returncode == 0
+    assert "/output/sideformer/best_hyperparams.json" in m.container(pods[0]["spec"], "inspect")["args"][0]
+    assert "final_ckpts/best_model.pth" in m.container(pods[1]["spec"], "inspect")["args"][0]
+
+
+@pytest.mark.parametrize("job", ["sideformer-tune-tune-1", "sideformer-final"])
+def test_kind_script_fails_fast_on_a_failed_pytorchjob(tmp_path, job):
+    run, calls, _ = run_script(tmp_path, fail_job=job)
+    assert run.returncode == 1
+    assert f"FAIL: PyTorchJob {job} failed" in run.stderr
+    assert not any("helm test" in c for c in calls)
+    index_of(calls, "describe pytorchjobs")  # diagnostics on the way out
+    index_of(calls, "kind delete cluster --name sideformer-e2e")
