@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import helm_python as helm
@@ -16,7 +17,7 @@ from sideformer.cli import build_parser
 from sideformer.config import load_config
 from sideformer.tune import parse_space, space_size
 from tests.e2e import manifests as m
-from tests.e2e.validation import pod_security_errors, validate_object
+from tests.e2e.validation import K8S_VERSION, pod_security_errors, validate_object
 
 PRESETS = list(m.VALUES_PRESETS)
 CONFIG_PATH = "/etc/sideformer/config.yaml"
@@ -62,6 +63,42 @@ def test_every_rendered_object_validates(preset):
         validate_object(obj)
         assert obj["metadata"]["labels"]["app.kubernetes.io/instance"] == m.RELEASE
         assert obj["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"
+
+
+def test_kubernetes_validate_cli_strict_accepts_every_rendered_object(tmp_path):
+    """The kubernetes-validate command itself (validation.py caches the same schemas for speed). It skips
+    PyTorchJobs (a CRD) with a warning, so their pod templates are also given to it as Pods."""
+    docs = []
+    for preset in PRESETS:
+        for obj in render(preset):
+            docs.append(obj)
+            if obj["kind"] == "PyTorchJob":
+                for rtype, spec in obj["spec"]["pytorchReplicaSpecs"].items():
+                    name = f"{obj['metadata']['name']}-{rtype.lower()}"
+                    docs.append(
+                        {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, **spec["template"]}
+                    )
+    path = tmp_path / "rendered.yaml"
+    path.write_text(yaml.safe_dump_all(docs))
+    cli = (
+        Path(os.environ.get("VIRTUAL_ENV", Path(sys.executable).parent.parent))
+        / "bin"
+        / "kubernetes-validate"
+    )
+    run = subprocess.run(
+        [str(cli), "--strict", "--quiet", "-k", K8S_VERSION, str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "ERROR" not in run.stdout
+    assert run.stdout.count("WARN") == sum(1 for d in docs if d["kind"] == "PyTorchJob")  # the CRD, skipped
+    pod = next(d for d in docs if d["kind"] == "Pod")
+    pod["spec"]["containers"][0]["imagePullPolicy"] = 3  # and it does reject a wrong object
+    path.write_text(yaml.safe_dump(pod))
+    run = subprocess.run([str(cli), "--strict", "-k", K8S_VERSION, str(path)], capture_output=True, text=True)
+    assert run.returncode == 1 and "imagePullPolicy" in run.stdout
 
 
 @pytest.mark.parametrize("preset", PRESETS)
