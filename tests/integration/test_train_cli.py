@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -97,6 +98,15 @@ def test_demo_learns_well_above_chance(tmp_path: Path, run) -> None:
     chance_miou, chance_accuracy = majority_class_miou(folder / "data")
     assert best["val_miou"] > 3 * chance_miou, (best["val_miou"], chance_miou)
     assert best["val_pixel_accuracy"] > chance_accuracy + 0.1, (best["val_pixel_accuracy"], chance_accuracy)
+    # It ends with pictures, and says where they are: the curves and a few prediction overlays.
+    curves = folder / "run/training_curves.png"
+    overlays = sorted((folder / "predictions/overlays").glob("*.jpg"))
+    assert len(overlays) == 4 and all(str(path) in proc.stdout for path in [curves, *overlays])
+    assert cv2.imread(str(curves)).shape == (420, 1210, 3)
+    for overlay in overlays:
+        assert cv2.imread(str(overlay)).shape == (128, 128, 3)
+        mask = cv2.imread(str(folder / "predictions/masks" / f"{overlay.stem}.png"), cv2.IMREAD_UNCHANGED)
+        assert mask.shape == (128, 128) and len(np.unique(mask)) > 1
 
 
 def test_unreachable_pretrained_weights_fail_before_training(
