@@ -32,6 +32,7 @@ import yaml
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 from transformers import SegformerForSemanticSegmentation
+from transformers.utils import logging as hf_logging
 
 from sideformer.atomic import atomic_write_bytes
 from sideformer.data.classes import CLASS_NAMES, PALETTE
@@ -91,8 +92,6 @@ def pick_device(preference: str = "auto") -> torch.device:
 def load_trained_model(path: str | Path, device: str = "auto", precision: str = "auto") -> TrainedModel:
     """The model in eval mode on `device`, with the classes, palette and sizes its training used."""
     folder = resolve_model_dir(path)
-    from transformers.utils import logging as hf_logging
-
     hf_logging.disable_progress_bar()
     try:
         model = SegformerForSemanticSegmentation.from_pretrained(folder)
@@ -118,11 +117,12 @@ def load_trained_model(path: str | Path, device: str = "auto", precision: str = 
         extra.get("eval_batch_size") or train_cfg.get("eval_batch_size") or train_cfg.get("batch_size") or 8
     )
     dev = pick_device(device)
+    palette = [(int(r), int(g), int(b)) for r, g, b in extra["palette"]] if extra.get("palette") else None
     return TrainedModel(
         model=model.to(dev).eval(),
         folder=folder,
         classes=list(classes),
-        palette=[tuple(c) for c in extra["palette"]] if extra.get("palette") else default_palette(classes),  # type: ignore[misc]
+        palette=palette or default_palette(classes),
         ignore_index=int(extra.get("ignore_index", model.config.semantic_loss_ignore_index)),
         base_size=int(base_size),
         eval_batch_size=int(eval_batch),
@@ -132,7 +132,7 @@ def load_trained_model(path: str | Path, device: str = "auto", precision: str = 
 
 
 def default_palette(classes: Sequence[str]) -> list[tuple[int, int, int]]:
-    """The SideGuide palette for its classes; otherwise distinct, well-spread colours (background black)."""
+    """SideGuide colours for SideGuide class names; golden-angle hues for any other class."""
     if list(classes) == CLASS_NAMES:
         return list(PALETTE)
     known = dict(zip(CLASS_NAMES, PALETTE, strict=True))
@@ -141,7 +141,7 @@ def default_palette(classes: Sequence[str]) -> list[tuple[int, int, int]]:
         if name in known:
             colours.append(known[name])
             continue
-        hue = int(i * 137.508) % 180  # golden-angle hues
+        hue = int(i * 137.508 / 2) % 180  # golden-angle hues (OpenCV hue is 0..180)
         hsv = np.uint8([[[hue, 200, 230 if i % 2 else 170]]])
         colours.append(tuple(int(v) for v in cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0]))
     return colours  # type: ignore[return-value]
