@@ -287,10 +287,16 @@ def predict(
     if not 0.0 <= alpha <= 1.0:
         raise UserError(f"--alpha {alpha}: must be in [0, 1].")
     root, images, videos = find_inputs(inputs)
+    out = Path(out)
+    # An output folder inside the input folder: never read our own (earlier) outputs as inputs.
+    images, videos = (
+        [p for p in paths if not p.resolve().is_relative_to(out.resolve())] for paths in (images, videos)
+    )
+    if not images and not videos:
+        raise UserError(f"--input {inputs}: no images or videos outside --output {out}.")
     if limit is not None:
         images = images[:limit]
     names = _output_names(root, images)
-    out = Path(out)
     size = size or tm.base_size
     summary = PredictSummary(out=out)
     started = time.perf_counter()

@@ -318,7 +318,9 @@ def convert_aihub(
     seen: dict[tuple[str, str], Path] = {}
     for xml in tqdm(xml_files, desc="reading XML", unit="file", leave=False, disable=None):
         scene = xml.parent.relative_to(src).as_posix()
-        for _, name, width, height, shapes in parse_cvat_xml(xml, unknown, skipped):
+        # With --from masks the shapes are not drawn, so their labels cannot stop the conversion.
+        labels = "ignore" if source == "masks" else unknown
+        for _, name, width, height, shapes in parse_cvat_xml(xml, labels, skipped):
             if (scene, name) in seen:
                 raise UserError(
                     f"{xml}: image {name!r} is also annotated in {seen[scene, name]}; keep one of the two."
@@ -370,15 +372,23 @@ def convert_aihub(
         return image_rel, mask_rel
 
     pairs: dict[str, list[tuple[str, str]]] = {split: [] for split in assignment}
-    with ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as pool:
-        results = pool.map(write, jobs)
-        for (split, _, _), pair in tqdm(
-            zip(jobs, results, strict=True), total=len(jobs), desc="converting", unit="img", disable=None
-        ):
-            pairs[split].append(pair)
+    try:
+        with ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as pool:
+            results = pool.map(write, jobs)
+            for (split, _, _), pair in tqdm(
+                zip(jobs, results, strict=True), total=len(jobs), desc="converting", unit="img", disable=None
+            ):
+                pairs[split].append(pair)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)  # it was new or empty: leave no half-written dataset
+        raise
 
     shapes_per_class = Counter(
-        shape.class_name for scene_frames in frames.values() for f in scene_frames for shape in f.shapes
+        shape.class_name
+        for scene_frames in frames.values()
+        for f in scene_frames
+        for shape in f.shapes
+        if source == "polygons"
     )
     summary = ConversionSummary(
         out=out,

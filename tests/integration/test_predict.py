@@ -128,6 +128,20 @@ def test_predict_images_folders_and_video(trained: Path, synth_dataset: Path, tm
         assert not (target / "overlays").exists()
 
 
+def test_predict_never_reads_its_own_outputs(trained: Path, tmp_path: Path, capsys) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    image, _ = draw_scene(np.random.default_rng(2), 64, 96)
+    cv2.imwrite(str(folder / "a.jpg"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(folder / "a.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    for _ in range(2):  # the second run finds the first run's PNGs inside the input folder
+        args = ["--input", str(folder), "--output", str(folder / "preds"), "--workers", "0"]
+        assert main(["predict", "--model", str(trained), *args]) == 0
+        assert "segmented 2 image(s)" in capsys.readouterr().out
+    # a.jpg and a.png would both write masks/a.png: each keeps its suffix instead.
+    assert sorted(p.name for p in (folder / "preds/masks").iterdir()) == ["a.jpg.png", "a.png.png"]
+
+
 def test_evaluate_reproduces_the_trainers_validation(trained: Path, synth_dataset: Path) -> None:
     summary = json.loads((trained / "metrics.json").read_text())
     stdout = ok("evaluate", "--model", str(trained), "--data", str(synth_dataset), "--split", "valid")

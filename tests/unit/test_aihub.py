@@ -198,8 +198,10 @@ def test_colour_masks_beside_the_xml_can_be_used_instead(tmp_path: Path) -> None
     src = make_source(tmp_path, scenes=2, masks=True)
     # Polygons that disagree with the shipped masks: the masks must win.
     (src / "Surface_1/Surface_001/Surface_001.xml").unlink()
+    lava = shape("polygon", "sidewalk", rect(0, 0, 3, 3), 9, "lava")  # unknown, but no shape is drawn
     write_xml(
-        src / "Surface_1/Surface_001/Surface_001.xml", [(f"MP_SEL_SUR_001{i:03d}.jpg", []) for i in range(2)]
+        src / "Surface_1/Surface_001/Surface_001.xml",
+        [(f"MP_SEL_SUR_001{i:03d}.jpg", [lava]) for i in range(2)],
     )
     convert_aihub(src, tmp_path / "out", source="masks", valid=0, test=0)
     for mask in all_masks(tmp_path / "out").values():
@@ -210,6 +212,7 @@ def test_colour_masks_beside_the_xml_can_be_used_instead(tmp_path: Path) -> None
     cv2.imwrite(str(src / "Surface_1/Surface_002/MASK/MP_SEL_SUR_002000.png"), bad)
     with pytest.raises(UserError, match=r"MP_SEL_SUR_002000\.png: colour \(3, 2, 1\)"):
         convert_aihub(src, tmp_path / "bad", source="masks", valid=0, test=0)
+    assert not (tmp_path / "bad").exists()  # a failed conversion leaves no half-written dataset
     (src / "Surface_1/Surface_002/MASK/MP_SEL_SUR_002000.png").unlink()
     with pytest.raises(
         UserError, match=r"Surface_002\.xml: no colour mask for image 'MP_SEL_SUR_002000\.jpg'"
