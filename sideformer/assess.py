@@ -103,9 +103,14 @@ def evaluate_model(
     batches = tqdm(
         loader, desc=f"evaluating {split}", unit="batch", disable=None, dynamic_ncols=True, leave=False
     )
-    result = evaluate(
-        tm.model, batches, meta.num_classes, meta.ignore_index, env, tm.autocast_dtype, on_batch=on_batch
-    )
+    try:
+        result = evaluate(
+            tm.model, batches, meta.num_classes, meta.ignore_index, env, tm.autocast_dtype, on_batch=on_batch
+        )
+    except UserError as exc:  # from a loader worker, the message carries the worker's traceback
+        raise UserError(
+            str(exc).strip().splitlines()[-1].removeprefix("sideformer.errors.UserError: ")
+        ) from None
     assert result.confusion is not None
 
     out = Path(out) if out is not None else default_output(tm.folder, split)

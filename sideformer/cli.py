@@ -399,7 +399,7 @@ def _report(args: argparse.Namespace, argv: list[str]) -> int:
     history = read_history(args.run)
     best = max(history, key=lambda h: h.get("val_miou") or 0.0)
     print(
-        f"{len(history)} epoch(s); best val mIoU {best.get('val_miou', float('nan')):.4f} at epoch "
+        f"{len(history)} epoch(s); highest val mIoU {best.get('val_miou', float('nan')):.4f} at epoch "
         f"{best.get('epoch')}\ntraining curves: {path}"
     )
     return 0

@@ -170,20 +170,23 @@ def _run_exporter(
     wrapped: torch.nn.Module, example: torch.Tensor, path: Path, exporter: Exporter, opset: int
 ) -> None:
     if exporter == "dynamo":
-        for noisy in ("torch.onnx", "torch.export", "onnxscript", "onnx_ir"):  # INFO chatter per rewrite
-            logging.getLogger(noisy).setLevel(logging.WARNING)
+        # Chatter per graph rewrite, and warnings about torchvision operators SegFormer does not use.
+        for noisy in ("torch.onnx", "torch.export", "onnxscript", "onnx_ir"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
         dims = {0: torch.export.Dim.AUTO, 2: torch.export.Dim.AUTO, 3: torch.export.Dim.AUTO}
-        torch.onnx.export(
-            wrapped,
-            (example,),
-            str(path),
-            input_names=[INPUT],
-            output_names=[OUTPUT],
-            dynamic_shapes=(dims,),
-            opset_version=opset,
-            dynamo=True,
-            verbose=False,
-        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", category=FutureWarning)
+            torch.onnx.export(
+                wrapped,
+                (example,),
+                str(path),
+                input_names=[INPUT],
+                output_names=[OUTPUT],
+                dynamic_shapes=(dims,),
+                opset_version=opset,
+                dynamo=True,
+                verbose=False,
+            )
         return
     with warnings.catch_warnings():
         # The TorchScript exporter is deprecated in favour of dynamo, but is ~20x faster here and exact;

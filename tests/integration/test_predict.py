@@ -239,3 +239,16 @@ def test_bad_input_is_a_one_line_error(
     stderr = capsys.readouterr().err
     assert re.sub("DATA|RUN|TMP", lambda m: paths[m.group()], message) in stderr, stderr
     assert stderr.startswith("sideformer: error: ") and stderr.count("\n") == 1
+
+
+def test_evaluate_names_a_missing_image(trained: Path, synth_dataset: Path, tmp_path: Path, capsys) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(synth_dataset, data)
+    missing = load_metadata(data).split("test")[2].image
+    missing.unlink()
+    # Read in loader worker processes: the error still comes out as one line naming the file.
+    assert main(["evaluate", "--model", str(trained), "--data", str(data), "--workers", "2"]) == 2
+    stderr = capsys.readouterr().err
+    assert (
+        stderr == f"sideformer: error: {missing}: cannot read image (missing, empty or not an image file).\n"
+    )
