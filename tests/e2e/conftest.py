@@ -27,5 +27,5 @@ def network(cpu_image: str) -> Iterator[Network]:
 @pytest.fixture(scope="module")
 def network_postgres(network: Network) -> Iterator[PostgresServer]:
     """A real PostgreSQL listening on the network's gateway, accepting logins from its subnet only."""
-    with PostgresServer(host=network.gateway, clients=network.subnet) as server:
+    with PostgresServer(also_listen_on=[network.gateway], also_allow=[network.subnet]) as server:
         yield server

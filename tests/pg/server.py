@@ -14,7 +14,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypedDict
@@ -81,9 +81,9 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def free_port(host: str = "127.0.0.1") -> int:
+def free_port() -> int:
     with socket.socket() as s:
-        s.bind((host, 0))
+        s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
@@ -102,14 +102,16 @@ class PostgresServer:
         *,
         settings: Mapping[str, str] | None = None,
         startup_timeout: float = 60.0,
-        host: str = "127.0.0.1",
-        clients: str = "127.0.0.1/32",
+        also_listen_on: Sequence[str] = (),
+        also_allow: Sequence[str] = (),
     ) -> None:
-        """`settings` are extra postgresql.conf parameters, such as {"log_statement": "all"}. `host` is the
-        address to listen on and `clients` the network (CIDR) allowed to log in: a docker network's
-        gateway and subnet let containers reach the server."""
+        """`settings` are extra postgresql.conf parameters, such as {"log_statement": "all"}. The server
+        listens on 127.0.0.1 and on `also_listen_on`, and accepts logins from 127.0.0.1 and the networks
+        (CIDR) of `also_allow`: a docker network's gateway and subnet let containers reach it."""
         self.user, self.dbname, self.password = user, dbname, secrets.token_urlsafe(18)
-        self.host, self.port, self.clients = host, 0, clients
+        self.host, self.port = "127.0.0.1", 0
+        self.listen = [self.host, *also_listen_on]
+        self.clients = ["127.0.0.1/32", *also_allow]
         self.settings, self.startup_timeout = dict(settings or {}), startup_timeout
         self.bindir = find_bindir()
         # As root, run everything as the dedicated user; otherwise as ourselves.
@@ -131,8 +133,10 @@ class PostgresServer:
         """Connection parameters for `psycopg2.connect(**server.dsn)`."""
         return Dsn(host=self.host, port=self.port, user=self.user, password=self.password, dbname=self.dbname)
 
-    def url_for(self, dbname: str) -> str:
-        return f"postgresql+psycopg2://{quote(self.user)}:{quote(self.password)}@{self.host}:{self.port}/{dbname}"
+    def url_for(self, dbname: str, host: str | None = None) -> str:
+        """The SQLAlchemy URL of `dbname`, through `host` (one of the listen addresses; 127.0.0.1 by default)."""
+        host = host or self.host
+        return f"postgresql+psycopg2://{quote(self.user)}:{quote(self.password)}@{host}:{self.port}/{dbname}"
 
     @property
     def url(self) -> str:
@@ -150,7 +154,7 @@ class PostgresServer:
         deadline = time.monotonic() + self.startup_timeout
         while True:
             if first:  # Only the first start picks the port: clients keep their URL across restarts.
-                self.port = free_port(self.host)
+                self.port = free_port()
             log_start = self.logfile.stat().st_size if self.logfile.exists() else 0
             self._spawn()
             try:
@@ -306,13 +310,13 @@ class PostgresServer:
             raise RuntimeError(f"initdb failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
         # Password logins over TCP from `clients` only. The socket may trust: its folder is private (0700).
         (self.datadir / "pg_hba.conf").write_text(
-            f"local all all trust\nhost all all {self.clients} scram-sha-256\n"
+            "local all all trust\n" + "".join(f"host all all {cidr} scram-sha-256\n" for cidr in self.clients)
         )
 
     def _spawn(self) -> None:
         settings = {
             "port": str(self.port),
-            "listen_addresses": self.host,
+            "listen_addresses": ",".join(self.listen),
             "unix_socket_directories": str(self.base),
             "max_connections": "200",  # Tuning tests run 32 concurrent workers, each with a pool.
             # Throwaway data: an OS crash may lose it, a postgres crash (kill()) does not, since each commit
