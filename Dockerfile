@@ -52,7 +52,8 @@ LABEL org.opencontainers.image.title="sideformer" \
       org.opencontainers.image.revision="${REVISION}"
 
 # tini as PID 1 reaps orphaned processes and forwards SIGTERM (Kubernetes has no --init). The offline
-# base already has it; a public slim base gets it from Debian.
+# base already has it; a public slim base gets it from Debian (its version follows the base image's release).
+# hadolint ignore=DL3008
 RUN if ! command -v tini >/dev/null; then \
         apt-get update && apt-get install -y --no-install-recommends tini && rm -rf /var/lib/apt/lists/*; \
     fi \

@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed
 K8S_YAML := helm/sideformer-tune/Chart.yaml helm/sideformer-tune/values.yaml helm/sideformer-tune/ci \
 	helm/sideformer-tune/examples k8s .github/workflows
 
-.PHONY: demo test lint bench clean postgres
+.PHONY: demo test lint bench clean postgres docker image e2e-kind
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,14 +27,28 @@ demo: $(STAMP)
 postgres:
 	bash tests/pg/install-postgres.sh
 
-test: $(STAMP) postgres
-	$(BIN)/ruff check sideformer tests benchmarks
-	$(BIN)/ruff format --check sideformer tests benchmarks
-	$(BIN)/shellcheck tests/pg/install-postgres.sh
+# The container tests build the CPU image offline and run it; this installs docker.io (and debootstrap)
+# if missing and starts dockerd if nothing answers.
+docker:
+	bash tests/e2e/start-docker.sh
+
+# The air-gapped CPU image (debootstrap base + host wheelhouse): sideformer:cpu.
+image: docker
+	bash image/build-offline.sh
+
+test: $(STAMP) postgres docker
+	$(BIN)/ruff check sideformer tests benchmarks image
+	$(BIN)/ruff format --check sideformer tests benchmarks image
+	$(BIN)/shellcheck tests/pg/install-postgres.sh tests/e2e/start-docker.sh image/*.sh
+	$(BIN)/hadolint Dockerfile
 	$(BIN)/shellcheck tests/e2e/kind.sh helm/sideformer-tune/files/*.sh
 	$(BIN)/yamllint -c .yamllint.yaml $(K8S_YAML)
 	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 	$(BIN)/python -m pytest
+
+# The whole flow on a kind cluster (needs kind, kubectl, helm and network access; not part of make test).
+e2e-kind: image
+	bash tests/e2e/kind.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check sideformer tests benchmarks
