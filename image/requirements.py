@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import re
 import sys
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 EXTRAS = ("postgres", "dashboard")
 
 
 def requirements(pyproject: Path) -> list[str]:
     project = tomllib.loads(pyproject.read_text())["project"]
-    wanted = [*project["dependencies"], *(r for extra in EXTRAS for r in project["optional-dependencies"][extra])]
+    extras = project["optional-dependencies"]
+    wanted = [*project["dependencies"], *(r for extra in EXTRAS for r in extras[extra])]
     return [r for r in wanted if re.split(r"[<>=!~ \[;]", r, maxsplit=1)[0].lower() != "torch"]
 
 
