@@ -43,14 +43,6 @@ RUN /build/image/pip.sh wheel --no-deps --wheel-dir /dist /build
 
 # -- runtime ----------------------------------------------------------------------------------------------
 FROM ${BASE_IMAGE}
-ARG VERSION=0.1.0
-ARG REVISION=unknown
-LABEL org.opencontainers.image.title="sideformer" \
-      org.opencontainers.image.description="SegFormer trainer for walking-environment segmentation, with Optuna search" \
-      org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.version="${VERSION}" \
-      org.opencontainers.image.revision="${REVISION}"
-
 # tini as PID 1 reaps orphaned processes and forwards SIGTERM (Kubernetes has no --init). The offline
 # base already has it; a public slim base gets it from Debian (its version follows the base image's release).
 # hadolint ignore=DL3008
@@ -72,3 +64,12 @@ USER 1000:1000
 WORKDIR /home/sideformer
 ENTRYPOINT ["tini", "--", "sideformer-entrypoint"]
 CMD ["--help"]
+
+# Last, so that a new revision does not invalidate the cached layers above.
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+LABEL org.opencontainers.image.title="sideformer" \
+      org.opencontainers.image.description="SegFormer trainer for walking-environment segmentation, with Optuna search" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}"
