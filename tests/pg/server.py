@@ -1,4 +1,5 @@
-"""A real, throwaway PostgreSQL server for the tests: its own cluster in a temp folder, on 127.0.0.1 by default."""
+"""A real, throwaway PostgreSQL server for the tests: its own cluster in a temp folder, on 127.0.0.1
+(and, when asked, on a docker network's gateway)."""
 
 from __future__ import annotations
 
@@ -134,7 +135,7 @@ class PostgresServer:
         return Dsn(host=self.host, port=self.port, user=self.user, password=self.password, dbname=self.dbname)
 
     def url_for(self, dbname: str, host: str | None = None) -> str:
-        """The SQLAlchemy URL of `dbname`, through `host` (one of the listen addresses; 127.0.0.1 by default)."""
+        """The SQLAlchemy URL of `dbname` through `host`, a listen address (default 127.0.0.1)."""
         host = host or self.host
         return f"postgresql+psycopg2://{quote(self.user)}:{quote(self.password)}@{host}:{self.port}/{dbname}"
 
