@@ -42,8 +42,12 @@ OPERATOR_MASTER_PORT = 23456
 
 
 def schemas_dir() -> Path:
-    """The shared schema folder: $SIDEFORMER_SCHEMAS, else ../shared/schemas beside the repository."""
-    return Path(os.environ.get("SIDEFORMER_SCHEMAS") or REPO.parent / "shared" / "schemas")
+    """$SIDEFORMER_SCHEMAS, else the project's shared folder ../shared/schemas beside the repository, else
+    the copy vendored in tests/e2e/schemas (a clone with no shared folder beside it)."""
+    if os.environ.get("SIDEFORMER_SCHEMAS"):
+        return Path(os.environ["SIDEFORMER_SCHEMAS"])
+    shared = REPO.parent / "shared" / "schemas"
+    return shared if shared.is_dir() else Path(__file__).parent / "schemas"
 
 
 # --- Helm -----------------------------------------------------------------------------------------------
