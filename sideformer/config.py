@@ -43,6 +43,12 @@ class DataConfig:
     train_fraction: float = 1.0
     """Fraction of the training split used (a fixed random subset); hyperparameter search uses < 1."""
     num_workers: int = 2
+    preresize: int | None = None
+    """Train on copies resized once so the shorter side is this many pixels (for large sources such as
+    AI-Hub's 1920x1080 frames); null reads the originals. Keep it >= base_size x scale_range[1]."""
+    cache_dir: str | None = None
+    """Where data.preresize keeps its copies; default <dataset>/.sideformer-cache/preresize. Reused by
+    every run and trial; must be shared by all processes of a multi-node run."""
     check: bool = True
     """Validate every file before training (sideformer check-data); off only for data already checked."""
 
@@ -53,6 +59,10 @@ class ModelConfig:
     """Hub id (nvidia/mit-b0 … mit-b5) or a local directory; None: `variant` with random weights."""
     variant: str = "b0"
     channels_last: bool = False
+    """Activations and weights in NHWC memory order (opt-in: measure it on your hardware)."""
+    fold_decode_head: bool = True
+    """Evaluate the decode head in an equivalent, cheaper order (model.FoldedDecodeHead): same weights and
+    outputs up to float rounding; false runs transformers' own code."""
 
 
 @dataclass
@@ -79,6 +89,8 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 20
     """Optimizer steps between loss read-outs (each one is a host sync)."""
+    compile: bool = False
+    """torch.compile the training forward (opt-in: minutes of compiling first; on CPU it did not pay off)."""
 
 
 @dataclass
@@ -281,6 +293,7 @@ def validate(config: Config) -> None:
         ("data.color_jitter", d.color_jitter, 0.0 <= d.color_jitter <= 1.0, "in [0, 1]"),
         ("data.train_fraction", d.train_fraction, 0.0 < d.train_fraction <= 1.0, "in (0, 1]"),
         ("data.num_workers", d.num_workers, d.num_workers >= 0, ">= 0"),
+        ("data.preresize", d.preresize, d.preresize is None or d.preresize >= 32, ">= 32 or null"),
         (
             "data.train_splits",
             d.train_splits,

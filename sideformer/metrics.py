@@ -1,7 +1,8 @@
 """Segmentation metrics from a confusion matrix that lives on the device.
 
-Updating is a bincount on the device, with no host sync per batch; ranks sum their matrices, so the
-result equals a single-process evaluation over the same samples exactly.
+Updating runs on the device with no host sync per batch (a bincount on CPU, a fixed-size scatter on an
+accelerator); ranks sum their matrices, so the result equals a single-process evaluation over the same
+samples exactly.
 """
 
 from __future__ import annotations
@@ -30,12 +31,29 @@ class ConfusionMatrix:
     @torch.no_grad()
     def update(self, predictions: torch.Tensor, labels: torch.Tensor) -> None:
         """Rows are labels, columns predictions; ignore_index pixels are skipped."""
-        valid = labels != self.ignore_index
-        index = labels[valid].long() * self.num_classes + predictions[valid].long()
-        self.matrix += torch.bincount(index, minlength=self.num_classes**2).view(self.num_classes, -1)
+        if self.matrix.device.type == "cpu":
+            valid = labels != self.ignore_index
+            index = labels[valid].long() * self.num_classes + predictions[valid].long()
+            self.matrix += torch.bincount(index, minlength=self.num_classes**2).view(self.num_classes, -1)
+        else:
+            self.matrix += counts_without_sync(predictions, labels, self.num_classes, self.ignore_index)
 
     def compute(self) -> SegMetrics:
         return metrics_from_confusion(self.matrix)
+
+
+def counts_without_sync(
+    predictions: torch.Tensor, labels: torch.Tensor, num_classes: int, ignore_index: int
+) -> torch.Tensor:
+    """The confusion counts of one batch with fixed-size work only. On an accelerator, boolean indexing and
+    bincount size their output from the data, a host sync per batch; this scatter into num_classes**2 + 1
+    bins (the last one takes the ignored pixels) needs none."""
+    cells = num_classes**2
+    valid = labels != ignore_index
+    index = torch.where(valid, labels.long() * num_classes + predictions.long(), cells).flatten()
+    counts = torch.zeros(cells + 1, dtype=torch.int64, device=labels.device)
+    counts.index_add_(0, index, torch.ones_like(index))
+    return counts[:cells].view(num_classes, num_classes)
 
 
 def metrics_from_confusion(matrix: torch.Tensor) -> SegMetrics:

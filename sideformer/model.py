@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 from transformers import SegformerConfig, SegformerForSemanticSegmentation
+from transformers.models.segformer.modeling_segformer import SegformerDecodeHead
 
 from sideformer.config import ModelConfig
 from sideformer.errors import UserError
@@ -27,6 +28,13 @@ IMAGE_STD = (0.229, 0.224, 0.225)
 
 def build_model(
     config: ModelConfig, id2label: dict[int, str], ignore_index: int = 255
+) -> SegformerForSemanticSegmentation:
+    model = _build_model(config, id2label, ignore_index)
+    return fold_decode_head(model) if config.fold_decode_head else model
+
+
+def _build_model(
+    config: ModelConfig, id2label: dict[int, str], ignore_index: int
 ) -> SegformerForSemanticSegmentation:
     # num_labels follows from id2label; passing both trips a consistency warning in transformers.
     labels = {"id2label": id2label, "label2id": {v: k for k, v in id2label.items()}}
@@ -68,3 +76,51 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 def upsample_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """SegFormer predicts at 1/4 resolution; loss and metrics are computed at label size."""
     return torch.nn.functional.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+
+class FoldedDecodeHead(SegformerDecodeHead):
+    """SegFormer's all-MLP decode head, evaluated in a cheaper order that computes the same function.
+
+    The original projects each encoder stage to `decoder_hidden_size` (D) channels, upsamples all four to
+    1/4 resolution, concatenates them (4D channels) and mixes them with a 1x1 convolution (`linear_fuse`,
+    no bias). Bilinear upsampling acts on each channel alike and keeps constants, so it commutes with any
+    per-pixel affine map: folding fuse slice k and stage k's projection into one D x C_k matrix, applying it
+    at the stage's own resolution, upsampling the D-channel result and summing gives the same tensor
+    without the 4D-channel concatenation or the D x 4D convolution at 1/4 resolution (about half of b0's
+    forward work at 256x256). Same parameters and state_dict keys, same gradients up to float rounding;
+    `save_pretrained` writes an ordinary SegFormer.
+    """
+
+    def forward(self, encoder_hidden_states: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        states = list(encoder_hidden_states)
+        if any(state.ndim != 4 for state in states):  # reshape_last_stage=False: the original code path
+            return super().forward(encoder_hidden_states, **kwargs)
+        hidden = self.config.decoder_hidden_size
+        fuse = self.linear_fuse.weight.flatten(1)  # D x (stages * D); the stages are concatenated reversed
+        size = states[0].shape[2:]
+        summed: torch.Tensor | None = None
+        for index, (state, projection) in enumerate(zip(states, self.linear_projections, strict=True)):
+            block = len(states) - 1 - index
+            mix = fuse[:, block * hidden : (block + 1) * hidden]
+            weight = mix @ projection.proj.weight  # D x C_k
+            bias = mix @ projection.proj.bias
+            batch, channels, height, width = state.shape
+            out = torch.baddbmm(
+                bias.view(1, -1, 1).expand(batch, -1, height * width).to(state.dtype),
+                weight.to(state.dtype).expand(batch, -1, -1),
+                state.reshape(batch, channels, height * width),
+            ).view(batch, hidden, height, width)
+            if out.shape[2:] != size:  # same size: bilinear interpolation would be an exact copy
+                out = torch.nn.functional.interpolate(out, size=size, mode="bilinear", align_corners=False)
+            summed = out if summed is None else summed.add_(out)
+        assert summed is not None
+        hidden_states = self.dropout(self.activation(self.batch_norm(summed)))
+        return self.classifier(hidden_states)
+
+
+def fold_decode_head(model: SegformerForSemanticSegmentation) -> SegformerForSemanticSegmentation:
+    """Switch `model`'s decode head to FoldedDecodeHead in place (weights untouched); returns `model`."""
+    head = getattr(model, "decode_head", None)
+    if type(head) is SegformerDecodeHead:
+        head.__class__ = FoldedDecodeHead
+    return model

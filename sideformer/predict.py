@@ -39,7 +39,7 @@ from sideformer.data.classes import CLASS_NAMES, PALETTE
 from sideformer.data.dataset import worker_init
 from sideformer.data.transforms import resize_image, short_side_size
 from sideformer.errors import UserError
-from sideformer.model import autocast_dtype, normalize, upsample_logits
+from sideformer.model import autocast_dtype, fold_decode_head, normalize, upsample_logits
 from sideformer.plots import overlay
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ def load_trained_model(path: str | Path, device: str = "auto", precision: str = 
     dev = pick_device(device)
     palette = [(int(r), int(g), int(b)) for r, g, b in extra["palette"]] if extra.get("palette") else None
     return TrainedModel(
-        model=model.to(dev).eval(),
+        model=fold_decode_head(model).to(dev).eval(),  # the same outputs, computed in a cheaper order
         folder=folder,
         classes=list(classes),
         palette=palette or default_palette(classes),

@@ -46,7 +46,8 @@ from sideformer.checkpoint import load_checkpoint, save_checkpoint
 from sideformer.config import Config
 from sideformer.data.check import check_dataset, format_report
 from sideformer.data.dataset import SegmentationDataset, pad_collate, worker_init
-from sideformer.data.metadata import DatasetMeta, load_metadata
+from sideformer.data.metadata import DatasetMeta, Sample, load_metadata
+from sideformer.data.preresize import default_cache_dir, preresize_samples
 from sideformer.data.transforms import TrainTransform
 from sideformer.distributed import DistEnv
 from sideformer.errors import UserError
@@ -145,6 +146,8 @@ def _train(config: Config, env: DistEnv, report: Report | None, resume: bool) ->
     meta = distributed.on_main(env, lambda: _load_checked_dataset(config))
     base_size = config.data.base_size or min(config.data.crop_size)
     train_samples = _train_subset(meta, config)
+    if config.data.preresize:
+        train_samples = _preresized(train_samples, meta, config, env)
     train_set = SegmentationDataset(
         train_samples,
         meta.palette,
@@ -196,7 +199,10 @@ def _train(config: Config, env: DistEnv, report: Report | None, resume: bool) ->
         if env.is_distributed
         else model
     )
-    optimizer = _build_optimizer(model, config, fused=env.device.type == "cuda")
+    # fused AdamW: one kernel over all parameters; on CPU too (about 4x cheaper than the per-tensor loop).
+    optimizer = _build_optimizer(model, config, fused=env.device.type in ("cuda", "cpu"))
+    # Compiled for the training forward only: validation runs the bare module at other image sizes.
+    forward = torch.compile(ddp_model) if config.train.compile else ddp_model
     steps_per_epoch = math.ceil(len(train_loader) / config.train.grad_accum)
     total_steps = steps_per_epoch * config.train.epochs
     warmup_steps = min(config.optim.warmup_steps, total_steps - 1)  # the schedule needs one decay step
@@ -240,13 +246,14 @@ def _train(config: Config, env: DistEnv, report: Report | None, resume: bool) ->
         atomic_write_text(output / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
         jsonl.rewrite([h.to_dict() for h in history])
         log.info(
-            "training %s on %d image(s), validating on %d, %d process(es) on %s, %s, %d step(s)/epoch",
+            "training %s on %d image(s), validating on %d, %d process(es) on %s, %s%s, %d step(s)/epoch",
             config.model.pretrained or f"SegFormer-{config.model.variant} (random init)",
             len(train_set),
             len(meta.split(config.data.eval_split)),
             env.world_size,
             env.device.type,
             "bf16 autocast" if autocast_dtype else "fp32",
+            ", torch.compile" if config.train.compile else "",
             steps_per_epoch,
         )
 
@@ -278,7 +285,7 @@ def _train(config: Config, env: DistEnv, report: Report | None, resume: bool) ->
                 with torch.autocast(
                     env.device.type, dtype=autocast_dtype or torch.float32, enabled=bool(autocast_dtype)
                 ):
-                    logits = ddp_model(pixel_values=images).logits
+                    logits = forward(pixel_values=images).logits
                 loss = torch.nn.functional.cross_entropy(
                     upsample_logits(logits.float(), masks.shape[-2:]), masks, ignore_index=meta.ignore_index
                 )
@@ -406,7 +413,7 @@ def _load_checked_dataset(config: Config) -> DatasetMeta:
     return meta
 
 
-def _train_subset(meta: DatasetMeta, config: Config) -> list:
+def _train_subset(meta: DatasetMeta, config: Config) -> list[Sample]:
     samples = [s for split in config.data.train_splits for s in meta.split(split)]
     if config.data.train_fraction >= 1.0:
         return samples
@@ -414,6 +421,30 @@ def _train_subset(meta: DatasetMeta, config: Config) -> list:
     # A fixed subset for a given seed, so every trial of a search sees the same images.
     indices = sorted(random.Random(config.train.seed).sample(range(len(samples)), keep))
     return [samples[i] for i in indices]
+
+
+def _preresized(samples: list[Sample], meta: DatasetMeta, config: Config, env: DistEnv) -> list[Sample]:
+    """The training samples' resized copies (data.preresize): rank 0 writes the missing ones while the
+    other ranks wait, then every rank checks it can read them all."""
+    short = config.data.preresize
+    assert short is not None
+    cache_dir = Path(config.data.cache_dir) if config.data.cache_dir else default_cache_dir(meta.root)
+    needed = round((config.data.base_size or min(config.data.crop_size)) * config.data.scale_range[1])
+    if env.is_main and short < needed:
+        log.warning(
+            "data.preresize=%d is below base_size x the largest scale (%d): large-scale crops will be "
+            "upsampled from the smaller copies",
+            short,
+            needed,
+        )
+    copies = distributed.on_main(env, lambda: preresize_samples(samples, short, cache_dir, meta.palette))
+    missing = torch.tensor([sum(not c.image.is_file() for c in copies)], device=env.device)
+    if int(distributed.all_reduce_sum(missing, env)) > 0:
+        raise UserError(
+            f"data.preresize: {int(missing)} resized copies written by rank 0 under {cache_dir} are not "
+            f"visible to every process; set data.cache_dir to a folder all nodes share."
+        )
+    return copies
 
 
 def _build_optimizer(model: torch.nn.Module, config: Config, fused: bool) -> torch.optim.AdamW:

@@ -24,6 +24,11 @@ def read_mask(path: Path, palette: Sequence[Sequence[int]] | None) -> np.ndarray
     mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if mask is None:
         raise UserError(f"{path}: cannot read mask (missing, empty or not an image file).")
+    return mask_ids(mask, palette, path)
+
+
+def mask_ids(mask: np.ndarray, palette: Sequence[Sequence[int]] | None, path: Path) -> np.ndarray:
+    """A mask as decoded by OpenCV (HxW ids, or BGR(A) colours) -> class ids uint8 HxW."""
     if mask.dtype != np.uint8:
         raise UserError(f"{path}: mask is {mask.dtype}; save masks as 8-bit PNG (class ids 0..255).")
     if mask.ndim == 2:

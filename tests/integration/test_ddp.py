@@ -78,10 +78,14 @@ def test_only_rank_zero_touches_the_output(synth_dataset: Path, tmp_path: Path) 
 
 
 def test_nproc_per_node_starts_torchrun_itself(synth_dataset: Path, tmp_path: Path, run) -> None:
-    output = tmp_path / "run"
+    output, cache = tmp_path / "run", tmp_path / "cache"
     cmd = sideformer("train", "--nproc-per-node", "2", "--data", str(synth_dataset), "--output", str(output))
-    cmd += [arg for setting in [*TINY, "train.epochs=1"] for arg in ("--set", setting)]
+    # With data.preresize: rank 0 writes the resized copies while rank 1 waits, then both read them.
+    settings = [*TINY, "train.epochs=1", "data.preresize=48", f"data.cache_dir={cache}"]
+    cmd += [arg for setting in settings for arg in ("--set", setting)]
     proc = run(cmd)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "2 process(es)" in proc.stdout
     assert (output / "final_ckpts/model/config.json").is_file()
+    assert len(list(cache.rglob("*.jpg"))) == len(load_metadata(synth_dataset).split("train"))
+    assert proc.stdout.count("resized copies") + proc.stderr.count("resized copies") == 1  # rank 0 only
