@@ -74,6 +74,8 @@ class OptimConfig:
     warmup_steps: int = 1500
     poly_power: float = 1.0
     grad_clip: float | None = None
+    fused: bool = True
+    """AdamW's fused kernel: one pass over all parameters (CPU and CUDA) instead of a loop over tensors."""
 
 
 @dataclass
