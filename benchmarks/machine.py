@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
+import resource
 import time
 from pathlib import Path
+
+# The instruction-set extensions that decide CPU training speed (bf16 needs avx512_bf16 or AMX to pay off).
+INTERESTING_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
 
 
 def cpu_model() -> str:
@@ -31,3 +35,35 @@ def busy_cores(window: float = 1.0) -> float:
     except (OSError, ValueError, IndexError):
         return 0.0  # not Linux
     return cores() * (1 - (idle1 - idle0) / max(1, total1 - total0))
+
+
+def cpu_flags() -> list[str]:
+    """The INTERESTING_FLAGS this CPU has, from /proc/cpuinfo."""
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
+    return [flag for flag in INTERESTING_FLAGS if flag in flags]
+
+
+def describe() -> str:
+    """One line: CPU model, cores, flags, memory, torch, GPU."""
+    import torch
+
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return (
+        f"{cpu_model()}, {cores()} cores ({' '.join(cpu_flags()) or 'no AVX2'}), {memory:.0f} GiB, "
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads), GPU {gpu}"
+    )
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far: VmHWM (ru_maxrss would count a spawning parent's
+    memory too, since Linux carries it across fork + exec)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -8,8 +8,12 @@ What differs, on purpose (each side as it would really be used):
   - SideFormer decodes with OpenCV and augments (random scale 0.5-2x, crop, flip, colour jitter), ships
     uint8 tensors from the workers and normalises on the device; the reference opens files with PIL and
     runs SegformerImageProcessorPil (resize, rescale, normalise to float32) and does no augmentation.
-  - SideFormer's AdamW has parameter groups (head lr x10, no decay on norms/biases), a poly schedule and,
-    on CUDA, fused=True; the reference uses plain AdamW(lr=6e-5). On CPU a step costs the same.
+  - SideFormer's AdamW has parameter groups (head lr x10, no decay on norms/biases), a poly schedule and
+    fused=True (one kernel over all parameters); the reference uses plain AdamW(lr=6e-5), which on CPU
+    runs PyTorch's default per-tensor loop.
+  - SideFormer evaluates the decode head in an algebraically equivalent, cheaper order
+    (sideformer.model.FoldedDecodeHead: same parameters, same outputs up to float rounding); the reference
+    runs transformers' SegformerDecodeHead as shipped. --no-fold runs SideFormer without it.
   - SideFormer computes the loss itself (upsample + cross-entropy with ignore_index); the reference passes
     labels= so the model does the same computation.
 What is aligned although the HF docs do otherwise: the reference loader uses the same num_workers,
@@ -32,7 +36,7 @@ from typing import Any
 
 import torch
 import transformers
-from machine import cores, cpu_model  # benchmarks/machine.py
+from machine import cores, cpu_flags, cpu_model, describe, peak_rss_mib  # benchmarks/machine.py
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 from transformers import SegformerImageProcessorPil
@@ -43,8 +47,8 @@ from sideformer.data.dataset import SegmentationDataset, pad_collate, worker_ini
 from sideformer.data.metadata import DatasetMeta, load_metadata
 from sideformer.data.synth import write_synthetic_dataset
 from sideformer.data.transforms import TrainTransform
-from sideformer.model import build_model
-from sideformer.train import train
+from sideformer.model import autocast_dtype, build_model, normalize, upsample_logits
+from sideformer.train import _build_optimizer, train
 
 Batch = tuple[torch.Tensor, torch.Tensor] | dict[str, torch.Tensor]  # SideFormer's | the reference's
 
@@ -53,6 +57,7 @@ def machine() -> dict[str, Any]:
     return {
         "cpu": cpu_model(),
         "cores": cores(),
+        "cpu_flags": cpu_flags(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "torch_threads": torch.get_num_threads(),
@@ -66,13 +71,18 @@ def sideformer_config(args: argparse.Namespace, data: Path, output: Path, device
         base={
             "output": str(output),
             "data": {"path": str(data), "crop_size": [height, width], "num_workers": args.workers},
-            "model": {"variant": "b0"},
+            "model": {
+                "variant": args.variant,
+                "fold_decode_head": not args.no_fold,
+                "channels_last": args.channels_last,
+            },
             "optim": {"warmup_steps": 0},  # the schedule's shape does not change the cost of a step
             "train": {
                 "epochs": 1 + args.epochs,
                 "batch_size": args.batch_size,
                 "device": device,
                 "precision": args.precision,
+                "compile": args.compile,
             },
             "early_stop": {"patience": 0},
             "wandb": {"enabled": False},
@@ -132,12 +142,18 @@ def loader_like_sideformer(
     )
 
 
+def reference_model(variant: str, meta: DatasetMeta, device: torch.device) -> torch.nn.Module:
+    """SegFormer exactly as transformers ships it (no folded decode head)."""
+    torch.manual_seed(0)
+    config = ModelConfig(variant=variant, fold_decode_head=False)
+    return build_model(config, meta.id2label, meta.ignore_index).to(device)
+
+
 def reference_training(
-    loader: DataLoader, meta: DatasetMeta, device: torch.device, epochs: int
+    loader: DataLoader, meta: DatasetMeta, device: torch.device, epochs: int, variant: str
 ) -> list[float]:
     """The HF docs' loop: the model computes its own loss from labels=. Returns img/s per measured epoch."""
-    torch.manual_seed(0)
-    model = build_model(ModelConfig(variant="b0"), meta.id2label, meta.ignore_index).to(device)
+    model = reference_model(variant, meta, device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=6e-5)
     model.train()
     rates = []
@@ -155,6 +171,62 @@ def reference_training(
             torch.cuda.synchronize()  # SideFormer's timer does not wait for the last queued steps
         rates.append(seen / (time.perf_counter() - started))
     return rates[1:]
+
+
+def step_times(config: Config, meta: DatasetMeta, device: torch.device, steps: int) -> dict[str, list[float]]:
+    """Seconds per training step on pre-loaded tensors (no data loading), the two steps alternating:
+    where the end-to-end difference comes from. SideFormer's step is train.py's (its model options,
+    fused AdamW with parameter groups, normalisation on the device, its own loss); the reference's is the
+    HF docs' (model as shipped, labels=, plain AdamW)."""
+    height, width = config.data.crop_size
+    batch = config.train.batch_size
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (batch, 3, height, width), dtype=torch.uint8, generator=generator)
+    labels = torch.randint(0, meta.num_classes, (batch, height, width), generator=generator).to(device)
+    images = images.to(device)
+    reference = reference_model(config.model.variant, meta, device).train()
+    reference_optimizer = torch.optim.AdamW(reference.parameters(), lr=6e-5)
+    torch.manual_seed(0)
+    ours = build_model(config.model, meta.id2label, meta.ignore_index).to(device).train()
+    if config.model.channels_last:
+        ours = ours.to(memory_format=torch.channels_last)
+    optimizer = _build_optimizer(ours, config, fused=device.type in ("cuda", "cpu"))
+    dtype = autocast_dtype(config.train.precision, device)
+    forward = torch.compile(ours) if config.train.compile else ours
+
+    def reference_step() -> None:
+        pixels = normalize(images)  # the reference's loader delivers normalised floats: same input
+        reference(pixel_values=pixels, labels=labels).loss.backward()
+        reference_optimizer.step()
+        reference_optimizer.zero_grad()
+
+    def sideformer_step() -> None:
+        pixels = normalize(images)
+        if config.model.channels_last:
+            pixels = pixels.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=bool(dtype)):
+            logits = forward(pixel_values=pixels).logits
+        loss = torch.nn.functional.cross_entropy(
+            upsample_logits(logits.float(), labels.shape[-2:]), labels, ignore_index=meta.ignore_index
+        )
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    times: dict[str, list[float]] = {"sideformer": [], "reference": []}
+    steps_by_name = {"sideformer": sideformer_step, "reference": reference_step}
+    for step in steps_by_name.values():  # warm-up (and compilation)
+        step()
+    for _ in range(steps):
+        for name, step in steps_by_name.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            started = time.perf_counter()
+            step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times[name].append(time.perf_counter() - started)
+    return times
 
 
 def loader_rate(loader: DataLoader, warmup: int, batches: int) -> float:
@@ -191,28 +263,43 @@ def main() -> None:
     parser.add_argument("--loader-batches", type=int, default=40, help="batches timed per data pipeline")
     parser.add_argument("--rounds", type=int, default=1, help="alternate [1] and [2] this many times")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads")
+    parser.add_argument("--variant", default="b0", choices=["b0", "b1", "b2", "b3", "b4", "b5"])
     parser.add_argument(
-        "--precision", choices=["fp32", "auto"], default="fp32", help="SideFormer's (auto: bf16 on GPU)"
+        "--precision",
+        choices=["fp32", "auto", "bf16"],
+        default="fp32",
+        help="SideFormer's (auto: bf16 on GPU); the reference always runs fp32, as the HF docs do",
     )
+    parser.add_argument("--channels-last", action="store_true", help="SideFormer with model.channels_last")
+    parser.add_argument("--compile", action="store_true", help="SideFormer with train.compile")
+    parser.add_argument("--no-fold", action="store_true", help="SideFormer without the folded decode head")
+    parser.add_argument(
+        "--step-batches", type=int, default=4, help="steps timed per loop on pre-loaded tensors (0: skip)"
+    )
+    parser.add_argument("--skip-loader", action="store_true", help="leave out [3], the pipelines alone")
     parser.add_argument("--quick", action="store_true", help="16 images at 128x128, 1 measured epoch")
     parser.add_argument("--json", type=Path, help="also write every number here")
     args = parser.parse_args()
     if min(args.batch_size, args.images, args.epochs, args.loader_batches, args.rounds, args.threads) < 1:
         parser.error("--batch-size, --images, --epochs, --loader-batches, --rounds, --threads must be >= 1")
     if args.quick:
-        args.images, args.size, args.epochs, args.loader_batches = 16, (128, 128), 1, 8
+        args.images, args.size, args.epochs, args.loader_batches, args.step_batches = 16, (128, 128), 1, 8, 1
     logging.basicConfig(level=logging.INFO, format="  %(message)s")
     torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     info = machine()
+    print(f"machine: {describe()}, transformers {info['transformers']}")
+    options = [
+        f"precision {args.precision}",
+        "folded head" if not args.no_fold else "transformers' head",
+        *(["channels_last"] if args.channels_last else []),
+        *(["torch.compile"] if args.compile else []),
+    ]
     print(
-        f"machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']}, "
-        f"transformers {info['transformers']}, {info['torch_threads']} torch threads, GPU {info['gpu']}"
-    )
-    print(
-        f"settings: b0 random init, {args.images} images {args.size[0]}x{args.size[1]}, batch "
-        f"{args.batch_size}, {args.workers} workers, 1 warm-up + {args.epochs} measured epoch(s), {device}"
+        f"settings: {args.variant} random init, {args.images} images {args.size[0]}x{args.size[1]}, batch "
+        f"{args.batch_size}, {args.workers} workers, 1 warm-up + {args.epochs} measured epoch(s), {device}; "
+        f"SideFormer: {', '.join(options)}; reference: fp32, as shipped"
     )
     print(
         "note: SideFormer augments (scale/crop/flip/jitter) while the reference only resizes: the realistic "
@@ -239,22 +326,36 @@ def main() -> None:
 
             print(f"\n[2] reference loop, written the HF docs' way, round {round_}/{args.rounds}")
             reference = loader_like_sideformer(HFDocsDataset(meta, args.size), config, None, None, device)
-            rates = reference_training(reference, meta, device, args.epochs)
+            rates = reference_training(reference, meta, device, args.epochs, args.variant)
             print(f"  reference   {', '.join(f'{r:.2f}' for r in rates)} img/s (measured epochs)")
             reference_rates += rates
             del reference
             gc.collect()  # persistent workers end with their loader
 
-        print("\n[3] data pipelines alone (no model)")
-        ours = sideformer_loader(config, meta, device)
-        theirs = loader_like_sideformer(HFDocsDataset(meta, args.size), config, None, None, device)
-        warmup = len(ours)  # one epoch: workers started, prefetch queues in steady state
-        loader = {"sideformer": loader_rate(ours, warmup, args.loader_batches)}
-        loader["reference"] = loader_rate(theirs, warmup, args.loader_batches)
-        del ours, theirs
-        gc.collect()  # persistent workers end with their loaders
-        for name, rate in loader.items():
-            print(f"  {name:<11} {rate:7.1f} img/s over {args.loader_batches} batches")
+        loader: dict[str, float] = {}
+        if not args.skip_loader:
+            print("\n[3] data pipelines alone (no model)")
+            ours = sideformer_loader(config, meta, device)
+            theirs = loader_like_sideformer(HFDocsDataset(meta, args.size), config, None, None, device)
+            warmup = len(ours)  # one epoch: workers started, prefetch queues in steady state
+            loader = {"sideformer": loader_rate(ours, warmup, args.loader_batches)}
+            loader["reference"] = loader_rate(theirs, warmup, args.loader_batches)
+            del ours, theirs
+            gc.collect()  # persistent workers end with their loaders
+            for name, rate in loader.items():
+                print(f"  {name:<11} {rate:7.1f} img/s over {args.loader_batches} batches")
+
+        steps: dict[str, list[float]] = {}
+        if args.step_batches:
+            print(
+                f"\n[4] one training step alone on pre-loaded tensors, {args.step_batches} each, alternating"
+            )
+            steps = step_times(config, meta, device, args.step_batches)
+            for name, seconds in steps.items():
+                print(
+                    f"  {name:<11} {statistics.median(seconds):7.3f} s/step median "
+                    f"({', '.join(f'{t:.3f}' for t in seconds)})"
+                )
 
         assert torch.get_num_threads() == args.threads, "a run changed the torch thread count"
 
@@ -262,12 +363,24 @@ def main() -> None:
     print("\nresults (img/s, mean of measured epochs, all rounds; data loading in, validation out)")
     print(f"  sideformer  {ours_rate:7.2f}   per epoch: {', '.join(f'{r:.2f}' for r in sideformer_rates)}")
     print(f"  reference   {theirs_rate:7.2f}   per epoch: {', '.join(f'{r:.2f}' for r in reference_rates)}")
-    print(
-        f"summary: sideformer {ours_rate:.1f} img/s vs reference {theirs_rate:.1f} img/s "
-        f"({ours_rate / theirs_rate:.2f}x); data loader {loader['sideformer']:.0f} img/s vs "
-        f"{loader['reference']:.0f} img/s ({loader['sideformer'] / loader['reference']:.1f}x), "
-        f"{loader['sideformer'] / ours_rate:.0f}x the training rate"
+    memory = f"peak RSS of the process {peak_rss_mib():.0f} MiB (both loops)"
+    if device.type == "cuda":
+        memory += f", GPU peak {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB"
+    print(f"  {memory}")
+    summary = (
+        f"summary: {args.variant} {args.size[0]}x{args.size[1]} sideformer {ours_rate:.1f} img/s vs "
+        f"reference {theirs_rate:.1f} img/s ({ours_rate / theirs_rate:.2f}x)"
     )
+    if loader:
+        summary += (
+            f"; data loader {loader['sideformer']:.0f} img/s vs {loader['reference']:.0f} img/s "
+            f"({loader['sideformer'] / loader['reference']:.1f}x), {loader['sideformer'] / ours_rate:.0f}x "
+            f"the training rate"
+        )
+    if steps:
+        ours_step, theirs_step = (statistics.median(steps[k]) for k in ("sideformer", "reference"))
+        summary += f"; step alone {ours_step:.3f} vs {theirs_step:.3f} s ({theirs_step / ours_step:.2f}x)"
+    print(summary)
     if args.json:
         settings = {k: v for k, v in vars(args).items() if k != "json"}
         atomic_write_json(
@@ -280,6 +393,8 @@ def main() -> None:
                     "reference": {"mean": theirs_rate, "epochs": reference_rates},
                 },
                 "loader_images_per_second": loader,
+                "step_seconds": steps,
+                "peak_rss_mib": peak_rss_mib(),
             },
         )
         print(f"wrote {args.json}")
