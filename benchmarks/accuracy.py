@@ -107,11 +107,17 @@ def main() -> None:
             )
     effect = results["on"]["val_miou"] - results["off"]["val_miou"]
     noise = results["off-2"]["val_miou"] - results["off"]["val_miou"]
-    verdict = "within" if abs(effect) <= max(abs(noise), 0.01) else "OUTSIDE"
+    tolerance = max(abs(noise), 0.01)
+    if abs(effect) <= tolerance:
+        verdict = "within seed noise"
+    elif effect > 0:
+        verdict = "better than off by more than this seed difference (no regression)"
+    else:
+        verdict = "WORSE than off by more than seed noise"
     print(
         f"summary: val mIoU after {args.epochs} epochs: speed-ups on {results['on']['val_miou']:.4f} vs off "
         f"{results['off']['val_miou']:.4f} (difference {effect:+.4f}); another seed differs by {noise:+.4f}: "
-        f"{verdict} seed noise"
+        f"{verdict}"
     )
     if args.json:
         settings = {k: v for k, v in vars(args).items() if k != "json"}
