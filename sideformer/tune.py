@@ -314,7 +314,8 @@ def _lead(
     database_errors = 0
     while True:
         try:
-            states = Counter(t.state for t in study.get_trials(deepcopy=False))  # one query per round
+            trials = study.get_trials(deepcopy=False)  # one query per round
+            states = Counter(t.state for t in trials)
             finished = states[TrialState.COMPLETE] + states[TrialState.PRUNED]
             if finished >= search.n_trials:
                 break
@@ -322,6 +323,7 @@ def _lead(
             if finished + in_flight >= search.n_trials and waiting == 0:
                 # Other workers run the last trials. Stay, to pick up the retry if one of them dies.
                 optuna.storages.fail_stale_trials(study)
+                _fail_trials_that_never_beat(study, trials, search)
                 distributed.broadcast_object(("wait", None), env)
                 time.sleep(WAIT_SECONDS)
                 continue
@@ -458,6 +460,46 @@ def _pruner(search: SearchConfig) -> optuna.pruners.BasePruner:
 
 
 # --- best parameters and the final run ----------------------------------------------------------------
+
+
+def _fail_trials_that_never_beat(study: optuna.Study, trials: list, search: SearchConfig) -> None:
+    """Fail (and so retry) RUNNING trials that never recorded a heartbeat: a trial created just as the
+    database went away has none, and Optuna's stale check skips such trials, so it would stay RUNNING
+    forever and every worker would wait for it. Started more than grace + 30 s ago (client clocks)."""
+    import datetime
+
+    import optuna
+    from optuna.storages._rdb import models
+    from optuna.trial import TrialState
+
+    storage = study._storage
+    rdb = getattr(storage, "_backend", storage)  # a Study wraps its RDBStorage in a cache
+    if not isinstance(rdb, optuna.storages.RDBStorage):
+        return
+    deadline = datetime.datetime.now() - datetime.timedelta(seconds=search.grace_period + 30)
+    old = {t._trial_id: t for t in trials if t.state == TrialState.RUNNING and t.datetime_start < deadline}
+    if not old:
+        return
+    session = rdb.scoped_session()
+    try:
+        beating = {
+            row[0]
+            for row in session.query(models.TrialHeartbeatModel.trial_id)
+            .filter(models.TrialHeartbeatModel.trial_id.in_(list(old)))
+            .all()
+        }
+    finally:
+        session.close()
+    callback = rdb.get_heartbeat_stale_trial_callback()
+    for trial_id in set(old) - beating:
+        try:
+            if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another worker failed it first
+        log.warning("trial %d never reported a heartbeat; failed so that it is retried", old[trial_id].number)
+        if callback is not None:
+            callback(study, storage.get_trial(trial_id))
 
 
 def best_hyperparams(study: optuna.Study, search: SearchConfig) -> dict[str, Any]:
