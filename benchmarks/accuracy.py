@@ -21,9 +21,8 @@ import time
 from pathlib import Path
 
 import torch
-from machine import describe  # benchmarks/machine.py
+from machine import describe, write_json  # benchmarks/machine.py
 
-from sideformer.atomic import atomic_write_json
 from sideformer.config import load_config
 from sideformer.data.synth import write_synthetic_dataset
 from sideformer.train import train
@@ -120,8 +119,7 @@ def main() -> None:
         f"{verdict}"
     )
     if args.json:
-        settings = {k: v for k, v in vars(args).items() if k != "json"}
-        atomic_write_json(args.json, {"machine": describe(), "settings": settings, "runs": results})
+        write_json(args.json, args, runs=results)
 
 
 if __name__ == "__main__":

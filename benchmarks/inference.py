@@ -28,9 +28,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from machine import describe, peak_rss_mib  # benchmarks/machine.py
+from machine import describe, peak_rss_mib, write_json  # benchmarks/machine.py
 
-from sideformer.atomic import atomic_write_json
 from sideformer.data.classes import CLASS_NAMES, PALETTE
 from sideformer.data.synth import draw_scene
 
@@ -166,8 +165,7 @@ def main() -> None:
         f"({rates['onnx'] / rates['ref']:.2f}x) vs the HF docs' {rates['ref']:.2f} img/s"
     )
     if args.json:
-        settings = {k: v for k, v in vars(args).items() if k != "json"}
-        atomic_write_json(args.json, {"machine": describe(), "settings": settings, "results": results})
+        write_json(args.json, args, results=results)
 
 
 if __name__ == "__main__":

@@ -67,3 +67,11 @@ def peak_rss_mib() -> float:
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def write_json(path: Path, args: object, **results: object) -> None:
+    """Every number of a benchmark run, with the machine and the command-line settings, written atomically."""
+    from sideformer.atomic import atomic_write_json
+
+    settings = {k: v for k, v in vars(args).items() if k != "json"}
+    atomic_write_json(path, {"machine": describe(), "settings": settings, **results})
