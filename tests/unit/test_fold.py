@@ -72,6 +72,30 @@ def test_a_folded_model_saves_and_loads_as_plain_segformer(tmp_path: Path) -> No
     assert fold_decode_head(fold_decode_head(loaded)).decode_head.__class__ is FoldedDecodeHead  # idempotent
 
 
+def autograd_nodes(root: torch.Tensor) -> set[str]:
+    seen, names, stack = set(), set(), [root.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.add(type(node).__name__)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return names
+
+
+def test_folded_head_keeps_channels_last_through_the_backward_pass() -> None:
+    # Layout, not timing: on CPU an NCHW bilinear upsample of the 256-channel maps costs several times the
+    # channels_last one, and an in-place add onto a permuted view turns every gradient into as_strided copies.
+    _, folded = pair()
+    logits = folded.train()(pixel_values=torch.randn(2, 3, 64, 64)).logits
+    assert logits.is_contiguous(memory_format=torch.channels_last)
+    nodes = autograd_nodes(logits)
+    assert "UpsampleBilinear2DBackward0" in nodes
+    assert not nodes & {"CopySlices", "AsStridedBackward0"}, nodes
+    assert upsample_logits(logits, (64, 64)).is_contiguous()  # the loss's cross-entropy wants NCHW
+
+
 def test_default_config_folds_and_the_option_turns_it_off() -> None:
     assert type(build_model(ModelConfig(variant="b0"), LABELS).decode_head) is FoldedDecodeHead
     off = build_model(ModelConfig(variant="b0", fold_decode_head=False), LABELS)
