@@ -31,11 +31,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from machine import describe, peak_rss_mib  # benchmarks/machine.py
+from machine import describe, peak_rss_mib, write_json  # benchmarks/machine.py
 from torch.utils.data import DataLoader, RandomSampler
 from train_throughput import HFDocsDataset, loader_rate  # benchmarks/train_throughput.py
 
-from sideformer.atomic import atomic_write_json
 from sideformer.data.classes import CLASS_NAMES, PALETTE
 from sideformer.data.dataset import SegmentationDataset, pad_collate, worker_init
 from sideformer.data.metadata import DatasetMeta, load_metadata, write_metadata
@@ -162,11 +161,7 @@ def main() -> None:
         f"docs' loader {rates['ref']:.0f} img/s; copies written once in {build:.0f}s"
     )
     if args.json:
-        settings = {k: v for k, v in vars(args).items() if k != "json"}
-        atomic_write_json(
-            args.json,
-            {"machine": describe(), "settings": settings, "images_per_second": rates, "cache_build_s": build},
-        )
+        write_json(args.json, args, images_per_second=rates, cache_build_s=build)
 
 
 if __name__ == "__main__":

@@ -69,9 +69,17 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def write_json(path: Path, args: object, **results: object) -> None:
-    """Every number of a benchmark run, with the machine and the command-line settings, written atomically."""
+def write_json(
+    path: Path,
+    args: object,
+    *,
+    machine: object = None,
+    settings: dict[str, object] | None = None,
+    **results: object,
+) -> None:
+    """Every number of a benchmark run, written atomically: the machine (describe() unless given), the
+    command-line settings without --json, updated with `settings` (to add or redact values), and `results`."""
     from sideformer.atomic import atomic_write_json
 
-    settings = {k: v for k, v in vars(args).items() if k != "json"}
-    atomic_write_json(path, {"machine": describe(), "settings": settings, **results})
+    recorded = {k: v for k, v in vars(args).items() if k != "json"} | (settings or {})
+    atomic_write_json(path, {"machine": machine or describe(), "settings": recorded, **results})

@@ -34,9 +34,8 @@ from typing import Any
 
 import optuna
 import yaml
-from machine import busy_cores, cores, cpu_model  # benchmarks/machine.py
+from machine import busy_cores, cores, cpu_model, write_json  # benchmarks/machine.py
 
-from sideformer.atomic import atomic_write_json
 from sideformer.config import load_config
 from sideformer.data.synth import write_synthetic_dataset
 from sideformer.tune import create_study, open_storage, redact
@@ -281,11 +280,15 @@ def main() -> int:
         f"whole budget {parallel['wall_seconds']:.0f} s vs {sequential['wall_seconds']:.0f} s"
     )
     if args.json:
-        settings = {k: v for k, v in vars(args).items() if k != "json"}
-        settings["storage"] = redact(args.storage) if args.storage else None  # no password in the file
-        atomic_write_json(
+        storage = redact(args.storage) if args.storage else None  # no password in the file
+        write_json(
             args.json,
-            {"machine": info, "settings": settings, "target": target, "target_rule": how, "results": results},
+            args,
+            machine=info,
+            settings={"storage": storage},
+            target=target,
+            target_rule=how,
+            results=results,
         )
         print(f"wrote {args.json}")
     return 0

@@ -35,7 +35,7 @@ from multiprocessing.synchronize import Barrier
 from pathlib import Path
 from typing import Any
 
-from machine import busy_cores, cores, cpu_model  # benchmarks/machine.py
+from machine import busy_cores, cores, cpu_model, write_json  # benchmarks/machine.py
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -273,7 +273,6 @@ def main() -> int:
     sys.path.insert(0, str(REPO))  # tests.pg: the throwaway server the integration tests use
     import optuna
 
-    from sideformer.atomic import atomic_write_json
     from tests.pg import PostgresServer
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # not one "A new study created" line per level
@@ -326,10 +325,7 @@ def main() -> int:
     )
     print(f"summary: {rates}, {errors} errors")
     if args.json:
-        settings_out = {k: v for k, v in vars(args).items() if k != "json"}
-        atomic_write_json(
-            args.json, {"machine": info, "postgresql": pg, "settings": settings_out, "levels": levels}
-        )
+        write_json(args.json, args, machine=info, postgresql=pg, levels=levels)
         print(f"wrote {args.json}")
     return 1 if errors else 0
 

@@ -36,12 +36,11 @@ from typing import Any
 
 import torch
 import transformers
-from machine import cores, cpu_flags, cpu_model, describe, peak_rss_mib  # benchmarks/machine.py
+from machine import cores, cpu_flags, cpu_model, describe, peak_rss_mib, write_json  # benchmarks/machine.py
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 from transformers import SegformerImageProcessorPil
 
-from sideformer.atomic import atomic_write_json
 from sideformer.config import Config, ModelConfig, load_config
 from sideformer.data.dataset import SegmentationDataset, pad_collate, worker_init
 from sideformer.data.metadata import DatasetMeta, load_metadata
@@ -382,20 +381,18 @@ def main() -> None:
         summary += f"; step alone {ours_step:.3f} vs {theirs_step:.3f} s ({theirs_step / ours_step:.2f}x)"
     print(summary)
     if args.json:
-        settings = {k: v for k, v in vars(args).items() if k != "json"}
-        atomic_write_json(
+        write_json(
             args.json,
-            {
-                "machine": info,
-                "settings": settings | {"device": device.type},
-                "train_images_per_second": {
-                    "sideformer": {"mean": ours_rate, "epochs": sideformer_rates},
-                    "reference": {"mean": theirs_rate, "epochs": reference_rates},
-                },
-                "loader_images_per_second": loader,
-                "step_seconds": steps,
-                "peak_rss_mib": peak_rss_mib(),
+            args,
+            machine=info,
+            settings={"device": device.type},
+            train_images_per_second={
+                "sideformer": {"mean": ours_rate, "epochs": sideformer_rates},
+                "reference": {"mean": theirs_rate, "epochs": reference_rates},
             },
+            loader_images_per_second=loader,
+            step_seconds=steps,
+            peak_rss_mib=peak_rss_mib(),
         )
         print(f"wrote {args.json}")
 
