@@ -6,6 +6,7 @@
 #
 #   bash benchmarks/gpu.sh            # the full run (needs a CUDA GPU; about 10-15 minutes)
 #   bash benchmarks/gpu.sh --tiny     # smoke test on CPU: b0 at 128x128, 1 epoch, no compile (minutes)
+#   VARIANTS=b2 bash benchmarks/gpu.sh  # one variant (b0 or b2) per call: fits a 10-minute command limit
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
@@ -18,7 +19,7 @@ if [[ ${1:-} == --tiny ]]; then
   modes=("fp32" "bf16" "bf16 --channels-last")
 elif "$PYTHON" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then
   common=(--size 512x512 --images 128 --batch-size 8 --epochs 2 --workers 4 --skip-loader --step-batches 10)
-  variants=(b0 b2)
+  read -r -a variants <<<"${VARIANTS:-b0 b2}"
   modes=("fp32" "bf16" "bf16 --channels-last" "bf16 --compile")
 else
   echo "gpu.sh: no CUDA GPU visible to $PYTHON; run it on a GPU machine, or pass --tiny for the CPU smoke test" >&2
