@@ -20,7 +20,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -174,21 +174,12 @@ def _run_exporter(
         for noisy in ("torch.onnx", "torch.export", "onnxscript", "onnx_ir"):
             logging.getLogger(noisy).setLevel(logging.ERROR)
         dims = {0: torch.export.Dim.AUTO, 2: torch.export.Dim.AUTO, 3: torch.export.Dim.AUTO}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", category=FutureWarning)
-            torch.onnx.export(
-                wrapped,
-                (example,),
-                str(path),
-                input_names=[INPUT],
-                output_names=[OUTPUT],
-                dynamic_shapes=(dims,),
-                opset_version=opset,
-                dynamo=True,
-                verbose=False,
-            )
-        return
+        dynamic: dict[str, Any] = {"dynamic_shapes": (dims,), "dynamo": True, "verbose": False}
+    else:
+        axes = {INPUT: {0: "batch", 2: "height", 3: "width"}, OUTPUT: {0: "batch", 2: "h4", 3: "w4"}}
+        dynamic = {"dynamic_axes": axes, "dynamo": False}
     with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=FutureWarning)
         # The TorchScript exporter is deprecated in favour of dynamo, but is ~20x faster here and exact;
         # its tracer warnings concern a branch (causal attention) SegFormer never takes.
         warnings.simplefilter("ignore", category=DeprecationWarning)
@@ -199,12 +190,8 @@ def _run_exporter(
             str(path),
             input_names=[INPUT],
             output_names=[OUTPUT],
-            dynamic_axes={
-                INPUT: {0: "batch", 2: "height", 3: "width"},
-                OUTPUT: {0: "batch", 2: "h4", 3: "w4"},
-            },
             opset_version=opset,
-            dynamo=False,
+            **dynamic,
         )
 
 
