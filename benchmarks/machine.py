@@ -6,6 +6,7 @@ import os
 import resource
 import time
 from pathlib import Path
+from typing import Any
 
 # The instruction-set extensions that decide CPU training speed (bf16 needs avx512_bf16 or AMX to pay off).
 INTERESTING_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
@@ -45,15 +46,27 @@ def cpu_flags() -> list[str]:
     return [flag for flag in INTERESTING_FLAGS if flag in flags]
 
 
-def describe() -> str:
-    """One line: CPU model, cores, flags, memory, torch, GPU."""
+def machine_info() -> dict[str, Any]:
+    """The machine as JSON: CPU model, cores, flags, memory, torch and its threads, GPU."""
     import torch
 
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return {
+        "cpu": cpu_model(),
+        "cores": cores(),
+        "cpu_flags": cpu_flags(),
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def describe(info: dict[str, Any] | None = None) -> str:
+    """One line: CPU model, cores, flags, memory, torch, GPU (of `info`, else of machine_info())."""
+    m = info or machine_info()
     return (
-        f"{cpu_model()}, {cores()} cores ({' '.join(cpu_flags()) or 'no AVX2'}), {memory:.0f} GiB, "
-        f"torch {torch.__version__} ({torch.get_num_threads()} threads), GPU {gpu}"
+        f"{m['cpu']}, {m['cores']} cores ({' '.join(m['cpu_flags']) or 'no AVX2'}), {m['memory_gib']} GiB, "
+        f"torch {m['torch']} ({m['torch_threads']} threads), GPU {m['gpu'] or 'none'}"
     )
 
 
@@ -77,9 +90,9 @@ def write_json(
     settings: dict[str, object] | None = None,
     **results: object,
 ) -> None:
-    """Every number of a benchmark run, written atomically: the machine (describe() unless given), the
+    """Every number of a benchmark run, written atomically: the machine (machine_info() unless given), the
     command-line settings without --json, updated with `settings` (to add or redact values), and `results`."""
     from sideformer.atomic import atomic_write_json
 
     recorded = {k: v for k, v in vars(args).items() if k != "json"} | (settings or {})
-    atomic_write_json(path, {"machine": machine or describe(), "settings": recorded, **results})
+    atomic_write_json(path, {"machine": machine or machine_info(), "settings": recorded, **results})

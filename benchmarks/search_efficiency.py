@@ -34,7 +34,7 @@ from typing import Any
 
 import optuna
 import yaml
-from machine import busy_cores, cores, cpu_model, write_json  # benchmarks/machine.py
+from machine import busy_cores, describe, machine_info, write_json  # benchmarks/machine.py
 
 from sideformer.config import load_config
 from sideformer.data.synth import write_synthetic_dataset
@@ -70,12 +70,6 @@ class TrialRow:
     value: float | None
     epochs: int
     params: dict[str, Any]
-
-
-def machine() -> dict[str, Any]:
-    import torch
-
-    return {"cpu": cpu_model(), "cores": cores(), "torch": torch.__version__}
 
 
 def search_config(args: argparse.Namespace) -> dict[str, Any]:
@@ -229,8 +223,8 @@ def main() -> int:
     ]  # fmt: skip
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created" lines
-    info = machine()
-    print(f"machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']}")
+    info = machine_info()
+    print(f"machine: {describe(info)}")
     defaults = load_config().search
     valid = max(8, args.images // 3)
     print(

@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 import transformers
-from machine import cores, cpu_flags, cpu_model, describe, peak_rss_mib, write_json  # benchmarks/machine.py
+from machine import describe, machine_info, peak_rss_mib, write_json  # benchmarks/machine.py
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 from transformers import SegformerImageProcessorPil
@@ -50,18 +50,6 @@ from sideformer.model import autocast_dtype, build_model, normalize, upsample_lo
 from sideformer.train import _build_optimizer, train
 
 Batch = tuple[torch.Tensor, torch.Tensor] | dict[str, torch.Tensor]  # SideFormer's | the reference's
-
-
-def machine() -> dict[str, Any]:
-    return {
-        "cpu": cpu_model(),
-        "cores": cores(),
-        "cpu_flags": cpu_flags(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
 
 
 def sideformer_config(args: argparse.Namespace, data: Path, output: Path, device: str) -> Config:
@@ -287,8 +275,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
-    info = machine()
-    print(f"machine: {describe()}, transformers {info['transformers']}")
+    info = machine_info() | {"transformers": transformers.__version__}
+    print(f"machine: {describe(info)}, transformers {info['transformers']}")
     options = [
         f"precision {args.precision}",
         "folded head" if not args.no_fold else "transformers' head",
