@@ -24,8 +24,10 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import os
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -44,24 +46,28 @@ from sideformer.data.transforms import TrainTransform
 
 
 def write_large_dataset(root: Path, count: int, size: tuple[int, int], seed: int = 0) -> Path:
-    height, width = size
+    """`count` synthetic scenes as JPEG + PNG mask pairs of `size`, drawn on every core."""
     (root / "images").mkdir(parents=True)
     (root / "masks").mkdir(parents=True)
-    pairs = []
-    for i in range(count):
-        rng = np.random.default_rng([seed, i])
-        image, mask = draw_scene(rng, height // 4, width // 4)
-        image = cv2.resize(image, (width, height), interpolation=cv2.INTER_CUBIC)
-        grain = rng.normal(0.0, 6.0, image.shape).astype(np.float32)
-        image = np.clip(image + grain, 0, 255).astype(np.uint8)
-        mask = cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)
-        name = f"{i:05d}"
-        bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-        cv2.imwrite(str(root / "images" / f"{name}.jpg"), bgr, [cv2.IMWRITE_JPEG_QUALITY, 90])
-        cv2.imwrite(str(root / "masks" / f"{name}.png"), mask)
-        pairs.append((f"images/{name}.jpg", f"masks/{name}.png"))
+    with ProcessPoolExecutor(max_workers=len(os.sched_getaffinity(0))) as pool:
+        pairs = list(pool.map(_write_pair, [(root, i, size, seed) for i in range(count)]))
     write_metadata(root, "large-synthetic", CLASS_NAMES, PALETTE, {"train": pairs, "valid": pairs[:1]})
     return root
+
+
+def _write_pair(job: tuple[Path, int, tuple[int, int], int]) -> tuple[str, str]:
+    root, i, (height, width), seed = job
+    rng = np.random.default_rng([seed, i])
+    image, mask = draw_scene(rng, height // 4, width // 4)
+    image = cv2.resize(image, (width, height), interpolation=cv2.INTER_CUBIC)
+    grain = rng.normal(0.0, 6.0, image.shape).astype(np.float32)
+    image = np.clip(image + grain, 0, 255).astype(np.uint8)
+    mask = cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)
+    name = f"{i:05d}"
+    bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    cv2.imwrite(str(root / "images" / f"{name}.jpg"), bgr, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    cv2.imwrite(str(root / "masks" / f"{name}.png"), mask)
+    return f"images/{name}.jpg", f"masks/{name}.png"
 
 
 def loader(

@@ -517,7 +517,8 @@ def _write_final_outputs(
     test: EvalResult | None,
 ) -> None:
     final = output / "final_ckpts"
-    save_checkpoint(final / "best_model.pth", best_model.state_dict())
+    # CPU tensors: a plain torch.load on a machine without the training GPU must work.
+    save_checkpoint(final / "best_model.pth", {k: v.cpu() for k, v in best_model.state_dict().items()})
     # How validation saw the images, so `sideformer evaluate` and `predict` default to the same.
     inference = {
         "base_size": config.data.base_size or min(config.data.crop_size),
