@@ -8,7 +8,9 @@
 #   3. benchmarks/input_share.py: end to end on 1920x1080 JPEGs against the model-only rate;
 #   4. benchmarks/gpu.sh with VARIANTS=b0: fp32, bf16, bf16 + channels_last, bf16 + compile vs the reference;
 #   5. benchmarks/accuracy.py with bf16 (the speed-ups on vs off at the same settings);
-#   6. gpu.sh with VARIANTS=b2, if the time budget allows.
+#   6. benchmarks/step_variants.py: one step under each setting, and where its time goes (profile);
+#   7. train_throughput.py with bf16 and torch.compile's CUDA graphs (train.compile_mode=reduce-overhead);
+#   8. gpu.sh with VARIANTS=b2, if the time budget allows.
 # Each step runs on even when an earlier one failed, under its own time limit, cut to end by BUDGET + 60
 # seconds; steps 3-6 start only while the budget (BUDGET seconds, default 440) leaves room for them. Output: $OUT/check.log (everything), and
 # $OUT/results.tar.gz (each step's log and JSON, the evaluation and prediction files).
@@ -137,15 +139,20 @@ export -f environment cli_on_gpu
 if ((TINY)); then
   step environment 60 0 environment
   step cli 900 0 cli_on_gpu
-  step input-share 900 0 "$PYTHON" benchmarks/input_share.py --quick --more-workers 2 --json "$RESULTS/input.json"
+  step input-share 900 0 "$PYTHON" benchmarks/input_share.py --quick --workers 1 --json "$RESULTS/input.json"
   step gpu-b0 900 0 env OUT="$RESULTS/gpu-b0" bash benchmarks/gpu.sh --tiny
   step accuracy 900 0 "$PYTHON" benchmarks/accuracy.py --quick --json "$RESULTS/accuracy.json"
+  step step-variants 900 0 "$PYTHON" benchmarks/step_variants.py --quick
 else
   step environment 60 0 environment
   step cli 240 0 cli_on_gpu
   step input-share 180 90 "$PYTHON" benchmarks/input_share.py --json "$RESULTS/input.json"
   step gpu-b0 300 150 env OUT="$RESULTS/gpu-b0" VARIANTS=b0 bash benchmarks/gpu.sh
   step accuracy 150 60 "$PYTHON" benchmarks/accuracy.py --json "$RESULTS/accuracy.json"
+  step step-variants 200 100 "$PYTHON" benchmarks/step_variants.py
+  step graphs-b0 150 90 "$PYTHON" benchmarks/train_throughput.py --variant b0 --precision bf16 --compile \
+    --compile-mode reduce-overhead --size 512x512 --images 128 --batch-size 8 --epochs 2 --workers 4 \
+    --skip-loader --step-batches 10 --json "$RESULTS/graphs-b0.json"
   step gpu-b2 300 180 env OUT="$RESULTS/gpu-b2" VARIANTS=b2 bash benchmarks/gpu.sh
 fi
 

@@ -31,12 +31,15 @@ from data_pipeline import write_large_dataset  # benchmarks/data_pipeline.py
 from machine import describe, machine_info, write_json  # benchmarks/machine.py
 from train_throughput import step_times  # benchmarks/train_throughput.py
 
-from sideformer.config import Config, DataConfig, load_config
+from sideformer.config import Config, load_config
+from sideformer.data.dataset import default_workers
 from sideformer.data.metadata import load_metadata
 from sideformer.train import train
 
 
-def config_for(args: argparse.Namespace, data: Path, output: Path, workers: int, preresize: bool) -> Config:
+def config_for(
+    args: argparse.Namespace, data: Path, output: Path, workers: int | None, preresize: bool
+) -> Config:
     base_size = args.crop
     return load_config(
         base={
@@ -59,7 +62,9 @@ def config_for(args: argparse.Namespace, data: Path, output: Path, workers: int,
     )
 
 
-def end_to_end(args: argparse.Namespace, data: Path, tmp: Path, workers: int, preresize: bool) -> float:
+def end_to_end(
+    args: argparse.Namespace, data: Path, tmp: Path, workers: int | None, preresize: bool
+) -> float:
     name = f"workers{workers}-{'preresize' if preresize else 'originals'}"
     result = train(config_for(args, data, tmp / name, workers, preresize))
     return statistics.mean(h.images_per_second for h in result.history[1:])
@@ -75,7 +80,7 @@ def main() -> None:
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     parser.add_argument("--steps", type=int, default=20, help="steps timed for [model]")
     parser.add_argument(
-        "--more-workers", type=int, default=len(os.sched_getaffinity(0)) - 2, help="the second worker count"
+        "--workers", default="2,8", help="worker counts tried besides the default (data.num_workers: null)"
     )
     parser.add_argument("--quick", action="store_true", help="smoke test: 16 images, crop 128, 1 epoch")
     parser.add_argument("--json", type=Path, help="also write every number here")
@@ -83,15 +88,16 @@ def main() -> None:
     if args.quick:
         args.images, args.crop, args.epochs, args.steps = 16, 128, 1, 2
     logging.basicConfig(level=logging.WARNING)
-    default_workers = DataConfig().num_workers
-    worker_counts = sorted({default_workers, max(default_workers, args.more_workers)})
+    auto = default_workers()
+    runs: list[tuple[int | None, bool]] = [(None, False), (None, True)]  # the defaults, preresize off/on
+    runs += [(int(n), False) for n in args.workers.split(",") if n and int(n) != auto]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     print(f"machine: {describe()}")
     print(
         f"settings: {args.images} JPEGs 1920x1080, crop {args.crop}, batch {args.batch_size}, "
         f"{args.variant}, "
-        f"precision {args.precision}, 1 warm-up + {args.epochs} measured epochs, workers {worker_counts} "
-        f"(default {default_workers}), {device}"
+        f"precision {args.precision}, 1 warm-up + {args.epochs} measured epochs, default workers {auto} "
+        f"(data.num_workers null on {len(os.sched_getaffinity(0))} cores), {device}"
     )
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="sideformer-input-") as tmp_name:
@@ -100,7 +106,7 @@ def main() -> None:
         data = write_large_dataset(tmp / "data", args.images, (1080, 1920))
         print(f"wrote the sources in {time.perf_counter() - started:.0f}s")
 
-        config = config_for(args, data, tmp / "model-only", default_workers, preresize=False)
+        config = config_for(args, data, tmp / "model-only", None, preresize=False)
         seconds = statistics.median(
             step_times(config, load_metadata(data), torch.device(device), args.steps)["sideformer"]
         )
@@ -108,19 +114,19 @@ def main() -> None:
         print(
             f"  [model] {results['model']:8.1f} img/s ({seconds * 1000:.1f} ms/step, median of {args.steps})"
         )
-        for workers in worker_counts:
-            for preresize in (False, True):
-                key = f"e2e workers={workers} preresize={'on' if preresize else 'off'}"
-                started = time.perf_counter()
-                results[key] = end_to_end(args, data, tmp, workers, preresize)
-                share = 1 - results[key] / results["model"]
-                print(
-                    f"  [{key}] {results[key]:8.1f} img/s: {100 * results[key] / results['model']:.0f}% "
-                    f"of the model-only rate, input path costs {100 * share:.0f}% "
-                    f"(run took {time.perf_counter() - started:.0f}s)"
-                )
+        for workers, preresize in runs:
+            key = f"e2e workers={workers or f'auto({auto})'} preresize={'on' if preresize else 'off'}"
+            started = time.perf_counter()
+            results[key] = end_to_end(args, data, tmp, workers, preresize)
+            share = 1 - results[key] / results["model"]
+            print(
+                f"  [{key}] {results[key]:8.1f} img/s: {100 * results[key] / results['model']:.0f}% "
+                f"of the model-only rate, input path costs {100 * share:.0f}% "
+                f"(run took {time.perf_counter() - started:.0f}s)",
+                flush=True,
+            )
 
-    default = results[f"e2e workers={default_workers} preresize=off"]
+    default = results[f"e2e workers=auto({auto}) preresize=off"]
     best_key = max((k for k in results if k.startswith("e2e")), key=results.__getitem__)
     print(
         f"summary: {args.variant} {args.crop}x{args.crop} on 1920x1080 JPEGs, {device}: model alone "

@@ -153,7 +153,7 @@ def main() -> None:
     ]
     if not args.quick:
         variants += [
-            ("bf16 compile", args.batch_size, False, ours(small, "bf16", mode="default")),
+            # torch.compile's default mode measured about the eager step's time (gpu.sh); CUDA graphs:
             (
                 "bf16 compile reduce-overhead",
                 args.batch_size,

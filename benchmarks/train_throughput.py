@@ -70,6 +70,7 @@ def sideformer_config(args: argparse.Namespace, data: Path, output: Path, device
                 "device": device,
                 "precision": args.precision,
                 "compile": args.compile,
+                "compile_mode": args.compile_mode,
             },
             "early_stop": {"patience": 0},
             "wandb": {"enabled": False},
@@ -179,7 +180,8 @@ def step_times(config: Config, meta: DatasetMeta, device: torch.device, steps: i
         ours = ours.to(memory_format=torch.channels_last)
     optimizer = _build_optimizer(ours, config, fused=device.type in ("cuda", "cpu"))
     dtype = autocast_dtype(config.train.precision, device)
-    forward = torch.compile(ours) if config.train.compile else ours
+    graphs = config.train.compile and config.train.compile_mode == "reduce-overhead"
+    forward = torch.compile(ours, mode=config.train.compile_mode) if config.train.compile else ours
 
     def reference_step() -> None:
         pixels = normalize(images)  # the reference's loader delivers normalised floats: same input
@@ -188,6 +190,8 @@ def step_times(config: Config, meta: DatasetMeta, device: torch.device, steps: i
         reference_optimizer.zero_grad()
 
     def sideformer_step() -> None:
+        if graphs:
+            torch.compiler.cudagraph_mark_step_begin()
         pixels = normalize(images)
         if config.model.channels_last:
             pixels = pixels.contiguous(memory_format=torch.channels_last)
@@ -259,6 +263,9 @@ def main() -> None:
     )
     parser.add_argument("--channels-last", action="store_true", help="SideFormer with model.channels_last")
     parser.add_argument("--compile", action="store_true", help="SideFormer with train.compile")
+    parser.add_argument(
+        "--compile-mode", default="default", choices=["default", "reduce-overhead", "max-autotune"]
+    )
     parser.add_argument("--no-fold", action="store_true", help="SideFormer without the folded decode head")
     parser.add_argument(
         "--step-batches", type=int, default=4, help="steps timed per loop on pre-loaded tensors (0: skip)"
@@ -281,7 +288,7 @@ def main() -> None:
         f"precision {args.precision}",
         "folded head" if not args.no_fold else "transformers' head",
         *(["channels_last"] if args.channels_last else []),
-        *(["torch.compile"] if args.compile else []),
+        *([f"torch.compile ({args.compile_mode})"] if args.compile else []),
     ]
     print(
         f"settings: {args.variant} random init, {args.images} images {args.size[0]}x{args.size[1]}, batch "

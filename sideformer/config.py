@@ -42,7 +42,9 @@ class DataConfig:
     """Split validated on every epoch (early stopping and best checkpoint follow it)."""
     train_fraction: float = 1.0
     """Fraction of the training split used (a fixed random subset); hyperparameter search uses < 1."""
-    num_workers: int = 2
+    num_workers: int | None = None
+    """Loader worker processes per training process; null: the CPU cores available, shared among this
+    node's training processes, less one for the training process itself (between 2 and 16)."""
     preresize: int | None = None
     """Train on copies resized once so the shorter side is this many pixels (for large sources such as
     AI-Hub's 1920x1080 frames); null reads the originals. Keep it >= base_size x scale_range[1]."""
@@ -93,6 +95,9 @@ class TrainConfig:
     """Optimizer steps between loss read-outs (each one is a host sync)."""
     compile: bool = False
     """torch.compile the training forward (opt-in: minutes of compiling first; on CPU it did not pay off)."""
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
+    """torch.compile's mode; reduce-overhead replays the step's kernels as CUDA graphs, for GPUs whose
+    steps are short enough that launching kernels from Python sets the pace."""
 
 
 @dataclass
@@ -294,7 +299,7 @@ def validate(config: Config) -> None:
         ),
         ("data.color_jitter", d.color_jitter, 0.0 <= d.color_jitter <= 1.0, "in [0, 1]"),
         ("data.train_fraction", d.train_fraction, 0.0 < d.train_fraction <= 1.0, "in (0, 1]"),
-        ("data.num_workers", d.num_workers, d.num_workers >= 0, ">= 0"),
+        ("data.num_workers", d.num_workers, d.num_workers is None or d.num_workers >= 0, ">= 0 or null"),
         ("data.preresize", d.preresize, d.preresize is None or d.preresize >= 32, ">= 32 or null"),
         (
             "data.train_splits",

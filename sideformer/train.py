@@ -22,6 +22,7 @@ import copy
 import json
 import logging
 import math
+import os
 import random
 import shutil
 import time
@@ -45,7 +46,7 @@ from sideformer.atomic import atomic_write_json, atomic_write_text
 from sideformer.checkpoint import load_checkpoint, save_checkpoint
 from sideformer.config import Config
 from sideformer.data.check import check_dataset, format_report
-from sideformer.data.dataset import SegmentationDataset, pad_collate, worker_init
+from sideformer.data.dataset import SegmentationDataset, default_workers, pad_collate, worker_init
 from sideformer.data.metadata import DatasetMeta, Sample, load_metadata
 from sideformer.data.preresize import default_cache_dir, preresize_samples
 from sideformer.data.transforms import TrainTransform
@@ -165,23 +166,26 @@ def _train(config: Config, env: DistEnv, report: Report | None, resume: bool) ->
         if env.is_distributed
         else RandomSampler(train_set, generator=torch.Generator().manual_seed(config.train.seed))
     )
+    workers = config.data.num_workers
+    if workers is None:
+        workers = default_workers(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     train_loader = DataLoader(
         train_set,
         batch_size=config.train.batch_size,
         sampler=sampler,
-        num_workers=config.data.num_workers,
+        num_workers=workers,
         collate_fn=pad_collate(meta.ignore_index),
         pin_memory=env.device.type == "cuda",
         drop_last=len(train_set) > config.train.batch_size * env.world_size,  # no size-1 BatchNorm batches
         worker_init_fn=worker_init,
-        persistent_workers=config.data.num_workers > 0,
+        persistent_workers=workers > 0,
     )
     val_loader = eval_loader(
         meta,
         config.data.eval_split,
         base_size,
         config.train.eval_batch_size or config.train.batch_size,
-        config.data.num_workers,
+        workers,
         env,
     )
 
@@ -204,7 +208,8 @@ def _train(config: Config, env: DistEnv, report: Report | None, resume: bool) ->
         model, config, fused=config.optim.fused and env.device.type in ("cuda", "cpu")
     )
     # Compiled for the training forward only: validation runs the bare module at other image sizes.
-    forward = torch.compile(ddp_model) if config.train.compile else ddp_model
+    forward = torch.compile(ddp_model, mode=config.train.compile_mode) if config.train.compile else ddp_model
+    cuda_graphs = config.train.compile and config.train.compile_mode == "reduce-overhead"
     steps_per_epoch = math.ceil(len(train_loader) / config.train.grad_accum)
     total_steps = steps_per_epoch * config.train.epochs
     warmup_steps = min(config.optim.warmup_steps, total_steps - 1)  # the schedule needs one decay step
@@ -281,6 +286,8 @@ def _train(config: Config, env: DistEnv, report: Report | None, resume: bool) ->
             dynamic_ncols=True,
         )
         for step, (images, masks) in enumerate(batches):
+            if cuda_graphs:
+                torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are consumed
             images = normalize(images.to(env.device, non_blocking=True))
             if config.model.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)

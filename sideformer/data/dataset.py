@@ -3,6 +3,7 @@ cheap, so workers ship 1 byte per pixel instead of 4."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 
 import cv2
@@ -52,6 +53,13 @@ def pad_collate(
         return images, masks
 
     return collate
+
+
+def default_workers(local_processes: int = 1) -> int:
+    """Loader workers per training process when data.num_workers is null: this machine's cores shared
+    among its training processes, one left for each training process itself; between 2 and 16."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
+    return max(2, min(16, cores // max(1, local_processes) - 1))
 
 
 def worker_init(_: int) -> None:
