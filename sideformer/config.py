@@ -43,8 +43,8 @@ class DataConfig:
     train_fraction: float = 1.0
     """Fraction of the training split used (a fixed random subset); hyperparameter search uses < 1."""
     num_workers: int | None = None
-    """Loader worker processes per training process; null: the CPU cores available, shared among this
-    node's training processes, less one for the training process itself (between 2 and 16)."""
+    """Loader worker processes per training process; null: half the CPU cores, shared among this node's
+    training processes (between 2 and 16; the other half launches the GPU's kernels)."""
     preresize: int | None = None
     """Train on copies resized once so the shorter side is this many pixels (for large sources such as
     AI-Hub's 1920x1080 frames); null reads the originals. Keep it >= base_size x scale_range[1]."""

@@ -56,10 +56,12 @@ def pad_collate(
 
 
 def default_workers(local_processes: int = 1) -> int:
-    """Loader workers per training process when data.num_workers is null: this machine's cores shared
-    among its training processes, one left for each training process itself; between 2 and 16."""
+    """Loader workers per training process when data.num_workers is null: half of this machine's cores,
+    shared among its training processes, between 2 and 16. The other half is for the training processes,
+    which launch the GPU's kernels: on 16 cores feeding one H200, 8 workers delivered 115 img/s, 15
+    workers 99 and 2 workers 48 (BENCHMARKS.md)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
-    return max(2, min(16, cores // max(1, local_processes) - 1))
+    return max(2, min(16, cores // (2 * max(1, local_processes))))
 
 
 def worker_init(_: int) -> None:
