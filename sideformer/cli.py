@@ -374,7 +374,7 @@ def _predict(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _evaluate(args: argparse.Namespace, argv: list[str]) -> int:
-    from sideformer.assess import evaluate_model, format_evaluation
+    from sideformer.evaluate import evaluate_model, format_evaluation
 
     report = evaluate_model(
         args.model,
@@ -393,7 +393,7 @@ def _evaluate(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _report(args: argparse.Namespace, argv: list[str]) -> int:
-    from sideformer.report import read_history, write_training_curves
+    from sideformer.curves import read_history, write_training_curves
 
     path = write_training_curves(args.run, args.out)
     history = read_history(args.run)

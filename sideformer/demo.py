@@ -12,12 +12,12 @@ import shutil
 from pathlib import Path
 
 from sideformer.config import load_config
+from sideformer.curves import write_training_curves
 from sideformer.data.metadata import load_metadata
 from sideformer.data.synth import write_synthetic_dataset
 from sideformer.errors import UserError
 from sideformer.metrics import format_iou_table
 from sideformer.predict import load_trained_model, predict
-from sideformer.report import write_training_curves
 from sideformer.train import TrainResult, train
 
 log = logging.getLogger(__name__)

@@ -51,10 +51,10 @@ from sideformer.data.preresize import default_cache_dir, preresize_samples
 from sideformer.data.transforms import TrainTransform
 from sideformer.distributed import DistEnv
 from sideformer.errors import UserError
-from sideformer.evaluation import EvalResult, eval_loader, evaluate
 from sideformer.model import autocast_dtype as model_autocast_dtype
 from sideformer.model import build_model, normalize, upsample_logits
 from sideformer.tracking import JsonLinesLog, WandbRun
+from sideformer.validation import EvalResult, eval_loader, evaluate
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """`sideformer evaluate`: a trained model on one split of a dataset, as a per-class IoU table,
 evaluation.json, a confusion-matrix PNG and a grid of the worst predictions (image | truth | prediction).
 
-It runs the trainer's own validation (`evaluation.eval_loader` + `evaluation.evaluate`) at the size and
+It runs the trainer's own validation (`validation.eval_loader` + `validation.evaluate`) at the size and
 batch size the training validated with, so its mIoU is the trainer's for the same split and weights.
 """
 
@@ -22,9 +22,9 @@ from sideformer.data.images import colorize
 from sideformer.data.metadata import load_metadata
 from sideformer.distributed import DistEnv
 from sideformer.errors import UserError
-from sideformer.evaluation import EvalResult, eval_loader, evaluate
 from sideformer.metrics import ConfusionMatrix, format_iou_table
 from sideformer.predict import load_trained_model
+from sideformer.validation import EvalResult, eval_loader, evaluate
 
 EVALUATION_FILE = "evaluation.json"
 CONFUSION_FILE = "confusion_matrix.png"
