@@ -355,7 +355,8 @@ def _synth(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _predict(args: argparse.Namespace, argv: list[str]) -> int:
-    from sideformer.predict import format_summary, load_trained_model, predict
+    from sideformer.predict import format_summary, predict
+    from sideformer.trained_model import load_trained_model
 
     model = load_trained_model(args.model, args.device, args.precision)
     summary = predict(

@@ -3,3 +3,10 @@
 
 class UserError(Exception):
     """Bad input from the user: the message names the file or value and says how to fix it."""
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message cut to its first line (database and library errors run on for pages), or
+    its type when it has no message."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

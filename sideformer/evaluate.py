@@ -23,7 +23,8 @@ from sideformer.data.metadata import load_metadata
 from sideformer.distributed import DistEnv
 from sideformer.errors import UserError
 from sideformer.metrics import ConfusionMatrix, format_iou_table
-from sideformer.predict import load_trained_model
+from sideformer.rundir import RunDir
+from sideformer.trained_model import load_trained_model
 from sideformer.validation import EvalResult, eval_loader, evaluate
 
 EVALUATION_FILE = "evaluation.json"
@@ -44,8 +45,7 @@ class EvaluationReport:
 
 def default_output(model_dir: Path, split: str) -> Path:
     """RUN/evaluation/<split> for a model inside a run folder, else beside the model folder."""
-    run = model_dir.parent.parent if model_dir.parent.name == "final_ckpts" else model_dir.parent
-    return run / "evaluation" / split
+    return (RunDir.of_model(model_dir) or RunDir(model_dir.parent)).evaluation(split)
 
 
 def evaluate_model(
@@ -61,21 +61,21 @@ def evaluate_model(
     workers: int = 2,
 ) -> EvaluationReport:
     """Evaluate a trained model on one split of a dataset and write the report files into `out`."""
-    tm = load_trained_model(model, device, precision)
+    trained = load_trained_model(model, device, precision)
     meta = load_metadata(data)
     samples = meta.split(split)
     if not samples:
         available = {name: len(s) for name, s in meta.splits.items() if s}
         raise UserError(f"{meta.root / 'metadata.json'}: split '{split}' is empty; splits here: {available}.")
-    if meta.classes != tm.classes:
+    if meta.classes != trained.classes:
         raise UserError(
-            f"{meta.root}: the dataset's classes {meta.classes} are not the model's {tm.classes} "
-            f"({tm.folder}); evaluate on data in the model's class order."
+            f"{meta.root}: the dataset's classes {meta.classes} are not the model's {trained.classes} "
+            f"({trained.folder}); evaluate on data in the model's class order."
         )
     if size is not None and size < 32:
         raise UserError(f"--size {size}: must be >= 32 pixels.")
-    base_size, batch = size or tm.base_size, batch_size or tm.eval_batch_size
-    env = DistEnv(rank=0, world_size=1, local_rank=0, device=tm.device)
+    base_size, batch = size or trained.base_size, batch_size or trained.eval_batch_size
+    env = DistEnv(rank=0, world_size=1, local_rank=0, device=trained.device)
     loader = eval_loader(meta, split, base_size, batch, workers, env)
 
     # The `worst` images by their own mIoU: a max-heap of (-score, index), with their predictions.
@@ -105,7 +105,13 @@ def evaluate_model(
     )
     try:
         result = evaluate(
-            tm.model, batches, meta.num_classes, meta.ignore_index, env, tm.autocast_dtype, on_batch=on_batch
+            trained.model,
+            batches,
+            meta.num_classes,
+            meta.ignore_index,
+            env,
+            trained.autocast_dtype,
+            on_batch=on_batch,
         )
     except UserError as exc:  # from a loader worker, the message carries the worker's traceback
         raise UserError(
@@ -113,7 +119,7 @@ def evaluate_model(
         ) from None
     assert result.confusion is not None
 
-    out = Path(out) if out is not None else default_output(tm.folder, split)
+    out = Path(out) if out is not None else default_output(trained.folder, split)
     report = EvaluationReport(out=out, split=split, classes=meta.classes, result=result, images=len(samples))
     title = f"{meta.name} / {split}: mIoU {result.metrics.miou:.3f}"
     report.files["confusion matrix"] = plots.write_png(
@@ -127,7 +133,7 @@ def evaluate_model(
             label_np = label.numpy()
             prediction = kept[index][: label_np.shape[0], : label_np.shape[1]]  # drop the batch padding
             ids |= set(np.unique(label_np).tolist()) | set(np.unique(prediction).tolist())
-            palette = tm.palette
+            palette = trained.palette
             rows.append(
                 [image.permute(1, 2, 0).numpy(), colorize(label_np, palette), colorize(prediction, palette)]
             )
@@ -136,14 +142,14 @@ def evaluate_model(
             report.worst.append((name, score))
         grid = plots.image_grid(rows, ["image", "truth", "prediction"], captions)
         present = sorted(i for i in ids if i < meta.num_classes)
-        grid = plots.vstack([grid, plots.legend(meta.classes, tm.palette, present, grid.shape[1])])
+        grid = plots.vstack([grid, plots.legend(meta.classes, trained.palette, present, grid.shape[1])])
         report.files["worst predictions"] = plots.write_png(out / WORST_FILE, grid)
 
     metrics = result.metrics
     atomic_write_json(
         out / EVALUATION_FILE,
         {
-            "model": str(tm.folder),
+            "model": str(trained.folder),
             "data": str(meta.root),
             "split": split,
             "images": len(samples),

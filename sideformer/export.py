@@ -29,7 +29,7 @@ from sideformer.atomic import atomic_path
 from sideformer.data.synth import draw_scene
 from sideformer.errors import UserError
 from sideformer.model import normalize
-from sideformer.predict import TrainedModel, load_trained_model
+from sideformer.trained_model import TrainedModel, load_trained_model
 
 Exporter = Literal["torchscript", "dynamo"]
 INPUT, OUTPUT = "image", "logits"
@@ -97,14 +97,14 @@ def export_onnx(
             import onnxscript  # noqa: F401
         except ImportError:
             raise UserError("--exporter dynamo needs onnxscript: pip install 'sideformer[export]'.") from None
-    tm = (
+    trained = (
         model
         if isinstance(model, TrainedModel)
         else load_trained_model(model, device="cpu", precision="fp32")
     )
     # eval() on the wrapper too: the exporter restores the wrapper's mode, and with it its children's.
-    wrapped = PixelsToLogits(tm.model.float().cpu()).eval()
-    base = size or tm.base_size
+    wrapped = PixelsToLogits(trained.model.float().cpu()).eval()
+    base = size or trained.base_size
     if base < 32:
         raise UserError(f"--size {base}: must be >= 32 pixels.")
     opset = opset or (18 if exporter == "dynamo" else DEFAULT_OPSET)
@@ -120,13 +120,14 @@ def export_onnx(
         graph = onnx.load(str(tmp))
         onnx.checker.check_model(graph)
         metadata = {
-            "classes": json.dumps(tm.classes),
-            "palette": json.dumps([list(c) for c in tm.palette]),
-            "ignore_index": str(tm.ignore_index),
-            "base_size": str(tm.base_size),
+            "classes": json.dumps(trained.classes),
+            "palette": json.dumps([list(c) for c in trained.palette]),
+            "ignore_index": str(trained.ignore_index),
+            "base_size": str(trained.base_size),
             "input": f"{INPUT}: float32 N x 3 x H x W, RGB 0..255 (normalised inside the graph)",
-            "output": f"{OUTPUT}: float32 N x {len(tm.classes)} x H/4 x W/4 (rounded up); upsample, argmax",
-            "source": str(tm.folder),
+            "output": f"{OUTPUT}: float32 N x {len(trained.classes)} x H/4 x W/4 (rounded up); "
+            "upsample, argmax",
+            "source": str(trained.folder),
         }
         del graph.metadata_props[:]
         for key, value in metadata.items():

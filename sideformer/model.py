@@ -9,7 +9,7 @@ from transformers import SegformerConfig, SegformerForSemanticSegmentation
 from transformers.models.segformer.modeling_segformer import SegformerDecodeHead
 
 from sideformer.config import ModelConfig
-from sideformer.errors import UserError
+from sideformer.errors import UserError, first_line
 
 # MiT encoder sizes from the SegFormer paper (Table 6); heads, strides and sr ratios are shared.
 VARIANT_ARCH: dict[str, dict[str, Any]] = {
@@ -49,7 +49,7 @@ def _build_model(
             )
         except (OSError, ValueError) as exc:
             raise UserError(
-                f"model.pretrained={config.pretrained!r}: cannot load weights ({str(exc).splitlines()[0]}). "
+                f"model.pretrained={config.pretrained!r}: cannot load weights ({first_line(exc)}). "
                 f"Give a local directory (e.g. a mounted HF cache), check HF_HUB_OFFLINE/network access, "
                 f"or set model.pretrained=null and model.variant=b0..b5 for random weights."
             ) from None

@@ -54,6 +54,7 @@ from sideformer.errors import UserError
 from sideformer.model import autocast_dtype as model_autocast_dtype
 from sideformer.model import build_model, normalize, upsample_logits
 from sideformer.tracking import JsonLinesLog, WandbRun
+from sideformer.trained_model import save_trained_model
 from sideformer.validation import EvalResult, eval_loader, evaluate
 
 log = logging.getLogger(__name__)
@@ -523,7 +524,7 @@ def _write_final_outputs(
         "base_size": config.data.base_size or min(config.data.crop_size),
         "eval_batch_size": config.train.eval_batch_size or config.train.batch_size,
     }
-    _save_pretrained_atomically(best_model, final / "model", meta, inference)
+    save_trained_model(best_model, final / "model", meta, inference)
     atomic_write_json(
         output / "metrics.json",
         {
@@ -548,36 +549,6 @@ def _write_final_outputs(
     if not config.checkpoint.keep_temp:
         shutil.rmtree(output / "temp_ckpts", ignore_errors=True)
     log.info("best epoch %d: val mIoU %.4f, val loss %.4f", best.epoch, best.val_miou, best.val_loss)
-
-
-def _save_pretrained_atomically(
-    model: torch.nn.Module, target: Path, meta: DatasetMeta, inference: dict[str, Any] | None = None
-) -> None:
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # a shard progress bar per save is noise in logs
-    staging = target.with_name(f".{target.name}.tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging)
-    (staging / "sideformer.json").write_text(
-        json.dumps(
-            {
-                "classes": meta.classes,
-                "palette": meta.palette,
-                "ignore_index": meta.ignore_index,
-                **(inference or {}),
-            },
-            indent=2,
-        )
-    )
-    if target.exists():
-        old = target.with_name(f".{target.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        target.rename(old)
-        staging.rename(target)
-        shutil.rmtree(old)
-    else:
-        staging.rename(target)
 
 
 def _epoch_line(m: EpochMetrics, epochs: int, is_best: bool) -> str:

@@ -30,7 +30,7 @@ from sideformer.atomic import atomic_write_json
 from sideformer.config import Config, SearchConfig, load_config
 from sideformer.data.metadata import load_metadata
 from sideformer.distributed import DistEnv
-from sideformer.errors import UserError
+from sideformer.errors import UserError, first_line
 from sideformer.train import EpochMetrics, TrainResult, train
 
 if TYPE_CHECKING:
@@ -96,7 +96,7 @@ def open_storage(url: str, search: SearchConfig) -> optuna.storages.RDBStorage:
         )
     except (sqlalchemy.exc.SQLAlchemyError, ModuleNotFoundError) as exc:
         raise UserError(
-            f"cannot open the study database {redact(url)}: {_first_line(exc)}. "
+            f"cannot open the study database {redact(url)}: {first_line(exc)}. "
             f"Check that the server is up and the host, port, user and password are right."
         ) from None
 
@@ -284,11 +284,6 @@ def _caused_by_database(exc: BaseException) -> bool:
     return False
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def _lead(
     config: Config, storage_url: str, study_name: str, seed: int | None, env: DistEnv
 ) -> dict[str, Any]:
@@ -340,10 +335,8 @@ def _lead(
             # heartbeats, so it is failed and retried (resuming from its checkpoint) like a dead worker's.
             database_errors += 1
             if database_errors > MAX_DATABASE_ERRORS:
-                raise UserError(
-                    f"lost the study database {redact(storage_url)}: {_first_line(exc)}"
-                ) from None
-            log.warning("study database unavailable (%s); retrying in %.0fs", _first_line(exc), WAIT_SECONDS)
+                raise UserError(f"lost the study database {redact(storage_url)}: {first_line(exc)}") from None
+            log.warning("study database unavailable (%s); retrying in %.0fs", first_line(exc), WAIT_SECONDS)
             time.sleep(WAIT_SECONDS)
     best = best_hyperparams(study, search)
     atomic_write_json(Path(config.output) / HYPERPARAMS_FILE, best)
@@ -392,7 +385,7 @@ def _objective(trial: optuna.Trial, config: Config, params: list[Param], env: Di
             return bool(_with_retries(report_and_decide))
         except sqlalchemy.exc.SQLAlchemyError as exc:
             log.warning(
-                "could not report epoch %d to the study (%s); not pruning", metrics.epoch, _first_line(exc)
+                "could not report epoch %d to the study (%s); not pruning", metrics.epoch, first_line(exc)
             )
             return False
 
