@@ -390,7 +390,7 @@ def _objective(trial: optuna.Trial, config: Config, params: list[Param], env: Di
             return False
 
     distributed.broadcast_object(("train", trial_config), env)
-    result = train(trial_config, report=report, resume=True, env=env)
+    result = train(trial_config, on_epoch=report, resume=True, env=env)
     _with_retries(lambda: _store_metrics(trial, result))
     if result.stop_reason == "reported":
         raise optuna.TrialPruned(f"pruned after epoch {result.history[-1].epoch}")
