@@ -446,9 +446,11 @@ def _check_data(args: argparse.Namespace, argv: list[str]) -> int:
 
 def _train(args: argparse.Namespace, argv: list[str]) -> int:
     config = _run_config(args, argv)
+    from sideformer import distributed
     from sideformer.train import train
 
-    result = train(config, resume=args.resume)
+    with distributed.process_group(config.train.device) as env:
+        result = train(config, resume=args.resume, env=env)
     print(f"best epoch {result.best.epoch}: val mIoU {result.best.val_miou:.4f}; outputs in {result.output}")
     return 0
 
@@ -469,11 +471,13 @@ def _run_config(args: argparse.Namespace, argv: list[str]):  # -> Config
 
 
 def _search(args: argparse.Namespace, argv: list[str]) -> int:
+    from sideformer import distributed
     from sideformer.tune import resolve_storage_url, run_search
 
     config = _run_config(args, argv)
     storage = resolve_storage_url(args.storage, config.output)
-    run_search(config, storage, args.study, seed=args.seed)
+    with distributed.process_group(config.train.device) as env:
+        run_search(config, storage, args.study, env, seed=args.seed)
     return 0
 
 
@@ -482,12 +486,9 @@ def _final(args: argparse.Namespace, argv: list[str]) -> int:
     from sideformer.tune import run_final
 
     config = _run_config(args, argv)
-    env = distributed.setup(config.train.device)
-    try:
+    with distributed.process_group(config.train.device) as env:
         best = distributed.on_main(env, lambda: _best_for_final(args, config))
         result = run_final(config, best, env=env)
-    finally:
-        distributed.cleanup()
     _print_final(result)
     return 0
 
@@ -520,14 +521,11 @@ def _tune(args: argparse.Namespace, argv: list[str]) -> int:
     storage = None if args.skip_hyperopt else resolve_storage_url(args.storage, config.output)
     if args.skip_hyperopt:
         read_hyperparams(hyperparams_file)  # a bad file fails now, before any process starts
-    env = distributed.setup(config.train.device)
-    try:
+    with distributed.process_group(config.train.device) as env:
         if storage is not None:
-            run_search(config, storage, args.study, seed=args.seed, env=env)
+            run_search(config, storage, args.study, env, seed=args.seed)
         best = distributed.on_main(env, lambda: read_hyperparams(hyperparams_file))
         result = run_final(config, best, env=env)
-    finally:
-        distributed.cleanup()
     _print_final(result)
     return 0
 

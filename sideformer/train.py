@@ -1,8 +1,8 @@
 """The training loop: `train(config, on_epoch=...)` -> TrainResult.
 
-One process or many (torchrun / the Training Operator set the environment). Rank 0 alone touches the
-run folder (`rundir.RunDir`); whatever it reads (checkpoints, data check results) it broadcasts to the
-other ranks.
+One process or many (torchrun / the Training Operator set the environment; the command that calls
+`train` owns the process group and passes its `DistEnv`). Rank 0 alone touches the run folder
+(`rundir.RunDir`); whatever it reads (checkpoints, data check results) it broadcasts to the other ranks.
 
 `train` reads top to bottom: build the loaders, build the model and optimizer, resume, then one
 `run_epoch` + `save_epoch` per epoch, then `finish` (test split, final_ckpts/, metrics.json).
@@ -198,18 +198,9 @@ class Start(enum.Enum):
 def train(
     config: Config, on_epoch: EpochCallback | None = None, resume: bool = False, env: DistEnv | None = None
 ) -> TrainResult:
-    """Train, validate every epoch, keep the best weights. Joins (and leaves) the process group itself
-    unless the caller passes an `env` it set up."""
-    own_group = env is None
-    env = env or distributed.setup(config.train.device)
-    try:
-        return _train(config, env, on_epoch, resume)
-    finally:
-        if own_group:
-            distributed.cleanup()
-
-
-def _train(config: Config, env: DistEnv, on_epoch: EpochCallback | None, resume: bool) -> TrainResult:
+    """Train, validate every epoch, keep the best weights. `env` comes from the caller's
+    `distributed.process_group()`; without one, this process trains alone."""
+    env = env or distributed.single_process(config.train.device)
     run = RunDir(config.output)
     seed_everything(config.train.seed)
     meta = distributed.on_main(env, lambda: _load_checked_dataset(config))

@@ -242,23 +242,18 @@ class DuplicateTrial(Exception):
 
 
 def run_search(
-    config: Config, storage_url: str, study_name: str, seed: int | None = None, env: DistEnv | None = None
+    config: Config, storage_url: str, study_name: str, env: DistEnv, seed: int | None = None
 ) -> dict[str, Any] | None:
     """Run trials until the study holds `search.n_trials` finished ones; return the best hyperparameters
-    (also written to <output>/best_hyperparams.json). Every rank of a torchrun worker calls this."""
-    own_group = env is None
-    env = env or distributed.setup(config.train.device)
+    (also written to <output>/best_hyperparams.json). Every rank of a torchrun worker calls this, inside
+    the command's `distributed.process_group()`."""
+    if not env.is_main:
+        _follow(env)
+        return None
     try:
-        if not env.is_main:
-            _follow(env)
-            return None
-        try:
-            return _lead(config, storage_url, study_name, seed, env)
-        finally:
-            distributed.broadcast_object(("stop", None), env)
+        return _lead(config, storage_url, study_name, seed, env)
     finally:
-        if own_group:
-            distributed.cleanup()
+        distributed.broadcast_object(("stop", None), env)
 
 
 def _follow(env: DistEnv) -> None:
