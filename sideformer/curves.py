@@ -78,3 +78,12 @@ def write_training_curves(run: str | Path, out: str | Path | None = None) -> Pat
     run = Path(run)
     history = read_history(run)
     return plots.write_png(out or RunDir(run).curves, training_curves(history, run.resolve().name))
+
+
+def describe_curves(history: list[dict[str, Any]], path: Path) -> str:
+    """What `sideformer report` prints: the epochs, the best mIoU and where the picture is."""
+    best = max(history, key=lambda h: h.get("val_miou") or 0.0)
+    return (
+        f"{len(history)} epoch(s); highest val mIoU {best.get('val_miou', float('nan')):.4f} at epoch "
+        f"{best.get('epoch')}\ntraining curves: {path}"
+    )
