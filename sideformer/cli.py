@@ -457,12 +457,12 @@ def _convert_aihub(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _check_data(args: argparse.Namespace, argv: list[str]) -> int:
-    from sideformer.data.check import check_dataset, format_report
+    from sideformer.data.check import check_dataset, format_check
     from sideformer.data.metadata import load_metadata
 
     meta = load_metadata(args.path, classes=args.classes)
     check = check_dataset(meta)
-    print(format_report(meta, check))
+    print(format_check(meta, check))
     return 0 if check.ok else 1
 
 

@@ -14,17 +14,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from sideformer import plots
 from sideformer.atomic import atomic_write_json
 from sideformer.data.images import colorize
-from sideformer.data.metadata import load_metadata
+from sideformer.data.metadata import DatasetMeta, load_metadata
 from sideformer.distributed import DistEnv
 from sideformer.errors import UserError
 from sideformer.metrics import ConfusionMatrix, format_iou_table
 from sideformer.rundir import RunDir
-from sideformer.trained_model import load_trained_model
+from sideformer.trained_model import TrainedModel, load_trained_model
 from sideformer.validation import EvalResult, eval_loader, evaluate
 
 EVALUATION_FILE = "evaluation.json"
@@ -33,7 +34,7 @@ WORST_FILE = "worst_predictions.png"
 
 
 @dataclass
-class EvaluationReport:
+class Evaluation:
     out: Path
     split: str
     classes: list[str]
@@ -59,12 +60,34 @@ def evaluate_model(
     precision: str = "auto",
     worst: int = 6,
     workers: int = 2,
-) -> EvaluationReport:
+) -> Evaluation:
     """Evaluate a trained model on one split of a dataset and write the report files into `out`."""
     trained = load_trained_model(model, device, precision)
     meta = load_metadata(data)
+    _check_split(meta, split, trained, size)
+    base_size, batch = size or trained.base_size, batch_size or trained.eval_batch_size
+    env = DistEnv(rank=0, world_size=1, local_rank=0, device=trained.device)
+    loader = eval_loader(meta, split, base_size, batch, workers, env)
+    worst_images = WorstImages(worst, meta.num_classes, meta.ignore_index)
+    result = _validate(trained, meta, loader, split, env, worst_images)
+
+    out = Path(out) if out is not None else default_output(trained.folder, split)
     samples = meta.split(split)
-    if not samples:
+    evaluation = Evaluation(out=out, split=split, classes=meta.classes, result=result, images=len(samples))
+    title = f"{meta.name} / {split}: mIoU {result.metrics.miou:.3f}"
+    assert result.confusion is not None
+    evaluation.files["confusion matrix"] = plots.write_png(
+        out / CONFUSION_FILE, plots.confusion_matrix_image(result.confusion.numpy(), meta.classes, title)
+    )
+    if worst_images.ranked():
+        grid, evaluation.worst = _worst_grid(worst_images, loader, meta, split, trained.palette)
+        evaluation.files["worst predictions"] = plots.write_png(out / WORST_FILE, grid)
+    _write_evaluation_json(evaluation, trained, meta, base_size, batch)
+    return evaluation
+
+
+def _check_split(meta: DatasetMeta, split: str, trained: TrainedModel, size: int | None) -> None:
+    if not meta.split(split):
         available = {name: len(s) for name, s in meta.splits.items() if s}
         raise UserError(f"{meta.root / 'metadata.json'}: split '{split}' is empty; splits here: {available}.")
     if meta.classes != trained.classes:
@@ -74,37 +97,52 @@ def evaluate_model(
         )
     if size is not None and size < 32:
         raise UserError(f"--size {size}: must be >= 32 pixels.")
-    base_size, batch = size or trained.base_size, batch_size or trained.eval_batch_size
-    env = DistEnv(rank=0, world_size=1, local_rank=0, device=trained.device)
-    loader = eval_loader(meta, split, base_size, batch, workers, env)
 
-    # The `worst` images by their own mIoU: a max-heap of (-score, index), with their predictions.
-    heap: list[tuple[float, int]] = []
-    kept: dict[int, np.ndarray] = {}
-    seen = 0
 
-    def on_batch(predictions: torch.Tensor, labels: torch.Tensor) -> None:
-        nonlocal seen
+class WorstImages:
+    """A validation batch hook keeping the `count` images with the lowest own mIoU, with their predictions:
+    a max-heap of (-score, index) in loader order."""
+
+    def __init__(self, count: int, num_classes: int, ignore_index: int) -> None:
+        self.count, self.num_classes, self.ignore_index = count, num_classes, ignore_index
+        self.heap: list[tuple[float, int]] = []
+        self.predictions: dict[int, np.ndarray] = {}
+        self.seen = 0
+
+    def __call__(self, predictions: torch.Tensor, labels: torch.Tensor) -> None:
         for prediction, label in zip(predictions, labels, strict=True):
-            index, seen = seen, seen + 1
-            if worst <= 0:
+            index, self.seen = self.seen, self.seen + 1
+            if self.count <= 0:
                 continue
-            confusion = ConfusionMatrix(meta.num_classes, meta.ignore_index, prediction.device)
+            confusion = ConfusionMatrix(self.num_classes, self.ignore_index, prediction.device)
             confusion.update(prediction, label)
             score = confusion.compute().miou
             if math.isnan(score):
                 continue  # nothing labelled in this image
-            heapq.heappush(heap, (-score, index))
-            kept[index] = prediction.to(torch.uint8).cpu().numpy()
-            if len(heap) > worst:
-                _, dropped = heapq.heappop(heap)
-                del kept[dropped]
+            heapq.heappush(self.heap, (-score, index))
+            self.predictions[index] = prediction.to(torch.uint8).cpu().numpy()
+            if len(self.heap) > self.count:
+                _, dropped = heapq.heappop(self.heap)
+                del self.predictions[dropped]
 
+    def ranked(self) -> list[tuple[float, int]]:
+        """(mIoU, index), worst first."""
+        return sorted((-negative, index) for negative, index in self.heap)
+
+
+def _validate(
+    trained: TrainedModel,
+    meta: DatasetMeta,
+    loader: DataLoader,
+    split: str,
+    env: DistEnv,
+    on_batch: WorstImages,
+) -> EvalResult:
     batches = tqdm(
         loader, desc=f"evaluating {split}", unit="batch", disable=None, dynamic_ncols=True, leave=False
     )
     try:
-        result = evaluate(
+        return evaluate(
             trained.model,
             batches,
             meta.num_classes,
@@ -117,42 +155,47 @@ def evaluate_model(
         raise UserError(
             str(exc).strip().splitlines()[-1].removeprefix("sideformer.errors.UserError: ")
         ) from None
+
+
+def _worst_grid(
+    worst: WorstImages,
+    loader: DataLoader,
+    meta: DatasetMeta,
+    split: str,
+    palette: list[tuple[int, int, int]],
+) -> tuple[np.ndarray, list[tuple[str, float]]]:
+    """Rows of image | truth | prediction with a legend of the classes shown, and (name, mIoU) per row."""
+    samples = meta.split(split)
+    rows, captions, ids, named = [], [], set(), []
+    for score, index in worst.ranked():
+        image, label = loader.dataset[index]
+        label_np = label.numpy()
+        prediction = worst.predictions[index][: label_np.shape[0], : label_np.shape[1]]  # drop batch padding
+        ids |= set(np.unique(label_np).tolist()) | set(np.unique(prediction).tolist())
+        rows.append(
+            [image.permute(1, 2, 0).numpy(), colorize(label_np, palette), colorize(prediction, palette)]
+        )
+        name = samples[index].image.relative_to(meta.root).as_posix()
+        captions.append(f"{name}   mIoU {score:.3f}")
+        named.append((name, score))
+    grid = plots.image_grid(rows, ["image", "truth", "prediction"], captions)
+    present = sorted(i for i in ids if i < meta.num_classes)
+    return plots.vstack([grid, plots.legend(meta.classes, palette, present, grid.shape[1])]), named
+
+
+def _write_evaluation_json(
+    evaluation: Evaluation, trained: TrainedModel, meta: DatasetMeta, base_size: int, batch: int
+) -> None:
+    result, metrics = evaluation.result, evaluation.result.metrics
     assert result.confusion is not None
-
-    out = Path(out) if out is not None else default_output(trained.folder, split)
-    report = EvaluationReport(out=out, split=split, classes=meta.classes, result=result, images=len(samples))
-    title = f"{meta.name} / {split}: mIoU {result.metrics.miou:.3f}"
-    report.files["confusion matrix"] = plots.write_png(
-        out / CONFUSION_FILE, plots.confusion_matrix_image(result.confusion.numpy(), meta.classes, title)
-    )
-    ranked = sorted((-negative, index) for negative, index in heap)
-    if ranked:
-        rows, captions, ids = [], [], set()
-        for score, index in ranked:
-            image, label = loader.dataset[index]
-            label_np = label.numpy()
-            prediction = kept[index][: label_np.shape[0], : label_np.shape[1]]  # drop the batch padding
-            ids |= set(np.unique(label_np).tolist()) | set(np.unique(prediction).tolist())
-            palette = trained.palette
-            rows.append(
-                [image.permute(1, 2, 0).numpy(), colorize(label_np, palette), colorize(prediction, palette)]
-            )
-            name = samples[index].image.relative_to(meta.root).as_posix()
-            captions.append(f"{name}   mIoU {score:.3f}")
-            report.worst.append((name, score))
-        grid = plots.image_grid(rows, ["image", "truth", "prediction"], captions)
-        present = sorted(i for i in ids if i < meta.num_classes)
-        grid = plots.vstack([grid, plots.legend(meta.classes, trained.palette, present, grid.shape[1])])
-        report.files["worst predictions"] = plots.write_png(out / WORST_FILE, grid)
-
-    metrics = result.metrics
+    path = evaluation.out / EVALUATION_FILE
     atomic_write_json(
-        out / EVALUATION_FILE,
+        path,
         {
             "model": str(trained.folder),
             "data": str(meta.root),
-            "split": split,
-            "images": len(samples),
+            "split": evaluation.split,
+            "images": evaluation.images,
             "base_size": base_size,
             "batch_size": batch,
             "miou": _finite(metrics.miou),
@@ -163,24 +206,23 @@ def evaluate_model(
             },
             "classes": meta.classes,
             "confusion_matrix": result.confusion.tolist(),
-            "worst": [{"image": name, "miou": score} for name, score in report.worst],
+            "worst": [{"image": name, "miou": score} for name, score in evaluation.worst],
         },
     )
-    report.files["evaluation"] = out / EVALUATION_FILE
-    return report
+    evaluation.files["evaluation"] = path
 
 
-def format_evaluation(report: EvaluationReport) -> str:
-    m = report.result.metrics
+def format_evaluation(evaluation: Evaluation) -> str:
+    metrics = evaluation.result.metrics
     table = format_iou_table(
-        report.classes,
-        m.per_class_iou,
-        m.miou,
-        m.pixel_accuracy,
-        f"per-class IoU on the {report.split} split ({report.images} image(s)):",
+        evaluation.classes,
+        metrics.per_class_iou,
+        metrics.miou,
+        metrics.pixel_accuracy,
+        f"per-class IoU on the {evaluation.split} split ({evaluation.images} image(s)):",
     )
-    width = max(len(k) for k in report.files)
-    files = [f"  {kind:<{width}}  {path}" for kind, path in report.files.items()]
+    width = max(len(k) for k in evaluation.files)
+    files = [f"  {kind:<{width}}  {path}" for kind, path in evaluation.files.items()]
     return "\n".join([table, "", "outputs:", *files])
 
 

@@ -40,7 +40,7 @@ from sideformer import distributed
 from sideformer.atomic import atomic_write_json, atomic_write_text
 from sideformer.checkpoint import load_checkpoint, save_checkpoint
 from sideformer.config import Config
-from sideformer.data.check import check_dataset, format_report
+from sideformer.data.check import check_dataset, format_check
 from sideformer.data.dataset import SegmentationDataset, pad_collate, worker_init
 from sideformer.data.metadata import DatasetMeta, Sample, load_metadata
 from sideformer.data.preresize import default_cache_dir, preresize_samples
@@ -334,7 +334,7 @@ def _load_checked_dataset(config: Config) -> DatasetMeta:
         if not problems.ok:
             raise UserError(
                 "the dataset has problems; fix them and run `sideformer check-data` again:\n"
-                + format_report(meta, problems)
+                + format_check(meta, problems)
             )
     else:
         for split in (*config.data.train_splits, config.data.eval_split):
