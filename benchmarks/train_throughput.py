@@ -46,7 +46,8 @@ from sideformer.data.metadata import DatasetMeta, load_metadata
 from sideformer.data.synth import write_synthetic_dataset
 from sideformer.distributed import DistEnv
 from sideformer.model import autocast_dtype, build_model, normalize, training_loss
-from sideformer.train import build_optimizer, train, train_loader
+from sideformer.train import build_optimizer, train
+from sideformer.train_data import train_loader
 
 Batch = tuple[torch.Tensor, torch.Tensor] | dict[str, torch.Tensor]  # SideFormer's | the reference's
 
@@ -77,7 +78,7 @@ def sideformer_config(args: argparse.Namespace, data: Path, output: Path, device
 
 
 def sideformer_loader(config: Config, meta: DatasetMeta, device: torch.device) -> DataLoader:
-    """SideFormer's training DataLoader, built by train.py's own function (single process)."""
+    """SideFormer's training DataLoader, built by training's own function (single process)."""
     env = DistEnv(rank=0, world_size=1, local_rank=0, device=device)
     return train_loader(meta.split("train"), meta, config, env)
 

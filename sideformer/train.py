@@ -4,8 +4,9 @@ One process or many (torchrun / the Training Operator set the environment; the c
 `train` owns the process group and passes its `DistEnv`). Rank 0 alone touches the run folder
 (`rundir.RunDir`); whatever it reads (checkpoints, data check results) it broadcasts to the other ranks.
 
-`train` reads top to bottom: build the loaders, build the model and optimizer, resume, then one
-`run_epoch` + `save_epoch` per epoch, then `finish` (test split, final_ckpts/, metrics.json).
+`train` reads top to bottom: build the loaders (`train_data`), build the model and optimizer, resume
+(`train_state`), then one `run_epoch` + `save_epoch` per epoch, then `finish` (test split,
+final_ckpts/, metrics.json).
 
 `on_epoch(epoch_metrics) -> bool` is called on rank 0 after every validation; True stops the run
 (hyperparameter search prunes through it). Training itself knows nothing of Optuna.
@@ -14,7 +15,6 @@ One process or many (torchrun / the Training Operator set the environment; the c
 from __future__ import annotations
 
 import copy
-import enum
 import json
 import logging
 import math
@@ -24,7 +24,7 @@ import time
 import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import yaml
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 from transformers import get_polynomial_decay_schedule_with_warmup
 
@@ -40,41 +40,21 @@ from sideformer import distributed
 from sideformer.atomic import atomic_write_json, atomic_write_text
 from sideformer.checkpoint import load_checkpoint, save_checkpoint
 from sideformer.config import Config
-from sideformer.data.check import check_dataset, format_check
-from sideformer.data.dataset import SegmentationDataset, pad_collate, worker_init
-from sideformer.data.metadata import DatasetMeta, Sample, load_metadata
-from sideformer.data.preresize import default_cache_dir, preresize_samples
-from sideformer.data.transforms import TrainTransform
+from sideformer.data.metadata import DatasetMeta
 from sideformer.distributed import DistEnv
 from sideformer.errors import UserError
 from sideformer.model import autocast_dtype as model_autocast_dtype
 from sideformer.model import build_model, training_loss
 from sideformer.rundir import RunDir
 from sideformer.tracking import JsonLinesLog, WandbRun
+from sideformer.train_data import Loaders, build_loaders, load_checked_dataset
+from sideformer.train_state import EarlyStopping, EpochMetrics, Start, TrainState, choose_start
 from sideformer.trained_model import save_trained_model
 from sideformer.validation import EvalResult, eval_loader, evaluate
 
 log = logging.getLogger(__name__)
 
 StopReason = Literal["completed", "early_stopped", "reported"]
-
-
-@dataclass
-class EpochMetrics:
-    epoch: int  # 1-based: the number of epochs completed
-    train_loss: float
-    val_loss: float
-    val_miou: float
-    val_pixel_accuracy: float
-    val_per_class_iou: dict[str, float]
-    lr: float
-    images_per_second: float
-    """Training images per second over all ranks, data loading included, validation excluded."""
-    seconds: float
-    """Wall time of the epoch, validation included."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass
@@ -91,44 +71,6 @@ EpochCallback = Callable[[EpochMetrics], bool]
 """Called on rank 0 after each validation; True stops the run (stop_reason "reported")."""
 
 
-class EarlyStopping:
-    """Counts epochs without an improvement of at least `min_delta`; patience 0 never stops."""
-
-    def __init__(self, monitor: str, patience: int, min_delta: float) -> None:
-        self.monitor, self.patience, self.min_delta = monitor, patience, min_delta
-        self.sign = 1.0 if monitor == "val_miou" else -1.0  # maximise mIoU, minimise loss
-        self.best = -math.inf
-        self.best_epoch = 0
-        self.bad_epochs = 0
-
-    def update(self, metrics: EpochMetrics) -> None:
-        """Record an epoch: it becomes `best_epoch`, or counts as one more epoch without improvement."""
-        value = self.sign * getattr(metrics, self.monitor)
-        if value > self.best + self.min_delta or self.best_epoch == 0:
-            self.best, self.best_epoch, self.bad_epochs = value, metrics.epoch, 0
-        else:
-            self.bad_epochs += 1
-
-    @property
-    def should_stop(self) -> bool:
-        return self.patience > 0 and self.bad_epochs >= self.patience
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.best, self.best_epoch, self.bad_epochs = state["best"], state["best_epoch"], state["bad_epochs"]
-
-
-@dataclass
-class Loaders:
-    train: DataLoader
-    val: DataLoader
-    meta: DatasetMeta
-    base_size: int
-    """Short side validation and test images are resized to."""
-
-
 @dataclass
 class ModelAndOptimizer:
     model: torch.nn.Module
@@ -143,55 +85,6 @@ class ModelAndOptimizer:
     steps_per_epoch: int
 
 
-@dataclass
-class TrainState:
-    """Everything a checkpoint restores: weights, optimizer, schedule, early stopping, history, RNG.
-
-    `state_dict()` is what temp_ckpts/last.pth holds; `load_state_dict()` puts a run back where it was."""
-
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    early: EarlyStopping
-    history: list[EpochMetrics] = field(default_factory=list)
-
-    @property
-    def epochs_done(self) -> int:
-        return len(self.history)
-
-    def best_metrics(self, select: str) -> EpochMetrics:
-        """The epoch whose weights are kept: the last one, or early stopping's best."""
-        return self.history[-1] if select == "last" else self.history[self.early.best_epoch - 1]
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "early_stopping": self.early.state_dict(),
-            "history": [h.to_dict() for h in self.history],
-            "rng": torch.get_rng_state(),
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.early.load_state_dict(state["early_stopping"])
-        self.history = [EpochMetrics(**h) for h in state["history"]]
-        torch.set_rng_state(state["rng"])
-
-
-class Start(enum.Enum):
-    """Where a run begins, decided on rank 0 from what the run folder holds."""
-
-    FRESH = "fresh"
-    RESUME = "resume"
-    """From temp_ckpts/last.pth."""
-    FINISHED = "finished"
-    """Nothing to train: the run completed; its result is read back from metrics.json."""
-
-
 # --- the loop ---------------------------------------------------------------------------------------
 
 
@@ -203,7 +96,7 @@ def train(
     env = env or distributed.single_process(config.train.device)
     run = RunDir(config.output)
     seed_everything(config.train.seed)
-    meta = distributed.on_main(env, lambda: _load_checked_dataset(config))
+    meta = distributed.on_main(env, lambda: load_checked_dataset(config))
     start = distributed.on_main(env, lambda: choose_start(run, resume))
     if start is Start.FINISHED:
         return _finished_result(run)
@@ -269,112 +162,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     random.seed(seed)
     np.random.seed(seed)
-
-
-# --- build the loaders ------------------------------------------------------------------------------
-
-
-def build_loaders(config: Config, meta: DatasetMeta, env: DistEnv) -> Loaders:
-    """The training loader (augmented, shuffled, sharded by DistributedSampler) and the validation one."""
-    samples = _train_subset(meta, config)
-    if config.data.preresize:
-        samples = _preresized(samples, meta, config, env)
-    base_size = config.data.base_size or min(config.data.crop_size)
-    val = eval_loader(
-        meta,
-        config.data.eval_split,
-        base_size,
-        config.train.eval_batch_size or config.train.batch_size,
-        config.data.num_workers,
-        env,
-    )
-    return Loaders(train_loader(samples, meta, config, env), val, meta, base_size)
-
-
-def train_loader(samples: list[Sample], meta: DatasetMeta, config: Config, env: DistEnv) -> DataLoader:
-    """`samples` augmented by TrainTransform, shuffled with train.seed, in batches of train.batch_size."""
-    data = config.data
-    dataset = SegmentationDataset(
-        samples,
-        meta.palette,
-        TrainTransform(
-            crop_size=(data.crop_size[0], data.crop_size[1]),
-            base_size=data.base_size or min(data.crop_size),
-            scale_range=(data.scale_range[0], data.scale_range[1]),
-            hflip=data.hflip,
-            color_jitter=data.color_jitter,
-            ignore_index=meta.ignore_index,
-        ),
-    )
-    sampler = (
-        DistributedSampler(dataset, env.world_size, env.rank, shuffle=True, seed=config.train.seed)
-        if env.is_distributed
-        else RandomSampler(dataset, generator=torch.Generator().manual_seed(config.train.seed))
-    )
-    return DataLoader(
-        dataset,
-        batch_size=config.train.batch_size,
-        sampler=sampler,
-        num_workers=data.num_workers,
-        collate_fn=pad_collate(meta.ignore_index),
-        pin_memory=env.device.type == "cuda",
-        drop_last=len(dataset) > config.train.batch_size * env.world_size,  # no size-1 BatchNorm batches
-        worker_init_fn=worker_init,
-        persistent_workers=data.num_workers > 0,
-    )
-
-
-def _load_checked_dataset(config: Config) -> DatasetMeta:
-    if not config.data.path:
-        raise UserError("no dataset given: pass --data PATH (a folder with metadata.json).")
-    meta = load_metadata(config.data.path, classes=config.data.classes)
-    if config.data.check:
-        required = tuple(dict.fromkeys([*config.data.train_splits, config.data.eval_split]))
-        problems = check_dataset(meta, required_splits=required)
-        if not problems.ok:
-            raise UserError(
-                "the dataset has problems; fix them and run `sideformer check-data` again:\n"
-                + format_check(meta, problems)
-            )
-    else:
-        for split in (*config.data.train_splits, config.data.eval_split):
-            if not meta.split(split):
-                raise UserError(f"{meta.root / 'metadata.json'}: split '{split}' is empty.")
-    return meta
-
-
-def _train_subset(meta: DatasetMeta, config: Config) -> list[Sample]:
-    samples = [s for split in config.data.train_splits for s in meta.split(split)]
-    if config.data.train_fraction >= 1.0:
-        return samples
-    keep = max(1, round(len(samples) * config.data.train_fraction))
-    # A fixed subset for a given seed, so every trial of a search sees the same images.
-    indices = sorted(random.Random(config.train.seed).sample(range(len(samples)), keep))
-    return [samples[i] for i in indices]
-
-
-def _preresized(samples: list[Sample], meta: DatasetMeta, config: Config, env: DistEnv) -> list[Sample]:
-    """The training samples' resized copies (data.preresize): rank 0 writes the missing ones while the
-    other ranks wait, then every rank checks it can read them all."""
-    short = config.data.preresize
-    assert short is not None
-    cache_dir = Path(config.data.cache_dir) if config.data.cache_dir else default_cache_dir(meta.root)
-    needed = round((config.data.base_size or min(config.data.crop_size)) * config.data.scale_range[1])
-    if env.is_main and short < needed:
-        log.warning(
-            "data.preresize=%d is below base_size x the largest scale (%d): large-scale crops will be "
-            "upsampled from the smaller copies",
-            short,
-            needed,
-        )
-    copies = distributed.on_main(env, lambda: preresize_samples(samples, short, cache_dir, meta.palette))
-    missing = torch.tensor([sum(not c.image.is_file() for c in copies)], device=env.device)
-    if int(distributed.all_reduce_sum(missing, env)) > 0:
-        raise UserError(
-            f"data.preresize: {int(missing)} resized copies written by rank 0 under {cache_dir} are not "
-            f"visible to every process; set data.cache_dir to a folder all nodes share."
-        )
-    return copies
 
 
 # --- build the model and optimizer --------------------------------------------------------------------
@@ -454,28 +241,6 @@ def _native_cpu_bf16() -> bool:
 
 
 # --- resume -----------------------------------------------------------------------------------------
-
-
-def choose_start(run: RunDir, resume: bool) -> Start:
-    """Fresh, from the last checkpoint, or already finished; refuses to train over another run."""
-    if not resume:
-        if run.last.exists():
-            raise UserError(
-                f"{run.root} holds an unfinished run ({run.last}); pass --resume to continue it, "
-                f"or choose another --output."
-            )
-        if run.final.exists():
-            raise UserError(
-                f"{run.root} already holds a finished run (final_ckpts/); choose another --output."
-            )
-        return Start.FRESH
-    if run.last.exists():
-        return Start.RESUME
-    if run.finished:
-        log.info("%s already finished; nothing to resume", run.root)
-        return Start.FINISHED
-    log.info("--resume: no checkpoint in %s, starting from epoch 1", run.temp)
-    return Start.FRESH
 
 
 def _resume(state: TrainState, run: RunDir, checkpoint: dict[str, Any]) -> None:

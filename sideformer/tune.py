@@ -36,7 +36,8 @@ from sideformer.distributed import DistEnv
 from sideformer.errors import UserError, first_line
 from sideformer.rundir import RunDir
 from sideformer.study import create_study, load_study, open_storage, redact, resolve_storage_url, with_retries
-from sideformer.train import EpochMetrics, TrainResult, train
+from sideformer.train import TrainResult, train
+from sideformer.train_state import EpochMetrics
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,8 @@ from sideformer.config import ModelConfig, load_config
 from sideformer.errors import UserError
 from sideformer.model import build_model
 from sideformer.rundir import RunDir
-from sideformer.train import EarlyStopping, EpochMetrics, Start, TrainState, build_optimizer, choose_start
+from sideformer.train import build_optimizer
+from sideformer.train_state import EarlyStopping, EpochMetrics, Start, TrainState, choose_start
 
 
 def epoch(number: int, val_loss: float = 1.0, val_miou: float = 0.0) -> EpochMetrics:
