@@ -95,6 +95,10 @@ def _check_sample(sample: Sample, meta: DatasetMeta) -> tuple[list[Problem], Cou
     image = cv2.imread(str(sample.image), cv2.IMREAD_COLOR)
     if image is None:
         problems.append(Problem(sample.image, "cannot decode image", "re-export it as JPEG or PNG"))
+    elif _truncated_jpeg(sample.image):
+        problems.append(
+            Problem(sample.image, "JPEG is truncated (no end-of-image marker)", "copy or export it again")
+        )
     try:
         mask = read_mask(sample.mask, meta.palette)
     except UserError as exc:
@@ -125,6 +129,16 @@ def _check_sample(sample: Sample, meta: DatasetMeta) -> tuple[list[Problem], Cou
     return problems, Counter(
         {int(i): int(c) for i, c in zip(ids, counts, strict=True) if i < meta.num_classes}
     )
+
+
+def _truncated_jpeg(path: Path) -> bool:
+    """A JPEG cut short still decodes (OpenCV fills the rest grey); its end-of-image marker is gone.
+    Byte stuffing keeps FF D9 out of the compressed data, so it is searched for near the end only."""
+    with path.open("rb") as file:
+        if file.read(2) != b"\xff\xd8":
+            return False  # not a JPEG
+        file.seek(max(0, path.stat().st_size - 65536))
+        return b"\xff\xd9" not in file.read()
 
 
 def format_check(meta: DatasetMeta, report: DataCheck) -> str:
