@@ -210,6 +210,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         doc = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise UserError(f"{path}: not valid YAML: {exc}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a text file; a config is UTF-8 YAML text.") from None
     if doc is None:
         return {}
     if not isinstance(doc, dict):

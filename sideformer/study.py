@@ -63,7 +63,12 @@ def open_storage(url: str, search: SearchConfig) -> optuna.storages.RDBStorage:
                 url, engine_kwargs, search.heartbeat_interval, search.grace_period, search.max_retry
             )
         )
-    except (sqlalchemy.exc.SQLAlchemyError, ModuleNotFoundError) as exc:
+    except ImportError as exc:  # a dialect whose driver is not installed (mysql://, ...)
+        raise UserError(
+            f"cannot open the study database {redact(url)}: no database driver for it ({first_line(exc)}). "
+            f"Use postgresql+psycopg2://... (installed with sideformer[postgres]) or sqlite:///FILE."
+        ) from None
+    except sqlalchemy.exc.SQLAlchemyError as exc:
         raise UserError(
             f"cannot open the study database {redact(url)}: {first_line(exc)}. "
             f"Check that the server is up and the host, port, user and password are right."

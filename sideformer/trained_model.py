@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 import torch
 import yaml
+from safetensors import SafetensorError
 from transformers import SegformerForSemanticSegmentation
 from transformers.utils import logging as hf_logging
 
@@ -105,8 +106,14 @@ def load_trained_model(path: str | Path, device: str = "auto", precision: str = 
     hf_logging.disable_progress_bar()
     try:
         model = SegformerForSemanticSegmentation.from_pretrained(folder)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{folder}: cannot load the model ({first_line(exc)}).") from None
+    except (OSError, ValueError, TypeError, KeyError, SafetensorError) as exc:
+        # Damaged files: a truncated model.safetensors, a config.json with values of the wrong types.
+        damaged = {SafetensorError: "model.safetensors", TypeError: "config.json", KeyError: "config.json"}
+        where = folder / damaged[type(exc)] if type(exc) in damaged else folder
+        raise UserError(
+            f"{where}: cannot load the model ({first_line(exc)}); copy the model folder again or point "
+            f"--model at another run."
+        ) from None
     extra = _read_json(folder / EXTRA_FILE)
     id2label = model.config.id2label
     classes = extra.get("classes") or [id2label[i] for i in range(len(id2label))]

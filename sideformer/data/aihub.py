@@ -204,6 +204,11 @@ def parse_cvat_xml(
                 class_id = IGNORE_INDEX
             shapes.append(Shape(child.tag, class_name, class_id, points, z_order, order))  # type: ignore[arg-type]
         images.append((element, name, width, height, shapes))
+    if not images:  # a scene would vanish from the dataset without a word
+        raise UserError(
+            f"{xml}: annotates no images (no <image> elements). Export the task again as 'CVAT for images "
+            f"1.1', or move this file out of --src."
+        )
     return images
 
 
