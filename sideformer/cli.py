@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sideformer import __version__
-from sideformer.errors import UserError
+from sideformer.errors import Stopped, UserError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -31,6 +31,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"sideformer: error: {exc}", file=sys.stderr)
         return 2
+    except Stopped as exc:
+        if os.environ.get("RANK", "0") == "0":  # every rank stops at the same step: one says so
+            print(f"sideformer: {exc}", file=sys.stderr)
+        return Stopped.exit_code
     except KeyboardInterrupt:
         print("sideformer: interrupted", file=sys.stderr)
         return 130

@@ -109,6 +109,9 @@ class CheckpointConfig:
     """Keep temp_ckpts/ (last.pth, best.pth) after a run finishes."""
     select: Literal["best", "last"] = "best"
     """Which epoch becomes final_ckpts/: the best by early_stop.monitor, or the last (final runs)."""
+    every_minutes: float | None = None
+    """Also save inside an epoch this often (temp_ckpts/last.pth), so a killed run (SIGKILL, a lost node)
+    loses at most this much; null: at epoch ends, and on SIGTERM (always)."""
 
 
 @dataclass

@@ -89,6 +89,15 @@ def all_reduce_sum(tensor: torch.Tensor, env: DistEnv) -> torch.Tensor:
     return tensor
 
 
+def gather_objects(obj: Any, env: DistEnv) -> list[Any]:
+    """`obj` from every rank, in rank order, on every rank."""
+    if not env.is_distributed:
+        return [obj]
+    box: list[Any] = [None] * env.world_size
+    dist.all_gather_object(box, obj)
+    return box
+
+
 def broadcast_object(obj: Any, env: DistEnv) -> Any:
     """Rank 0's `obj` on every rank (checkpoints, stop decisions), so only rank 0 reads the filesystem."""
     if not env.is_distributed:

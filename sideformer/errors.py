@@ -1,8 +1,16 @@
-"""The one exception type the CLI turns into a clear message instead of a traceback."""
+"""The exceptions the CLI turns into a clear message instead of a traceback."""
+
+import signal
 
 
 class UserError(Exception):
     """Bad input from the user: the message names the file or value and says how to fix it."""
+
+
+class Stopped(Exception):
+    """Training stopped on SIGTERM after saving its step; `--resume` continues from there."""
+
+    exit_code = 128 + signal.SIGTERM
 
 
 def first_line(exc: BaseException) -> str:

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import yaml
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_polynomial_decay_schedule_with_warmup
 
@@ -42,13 +42,14 @@ from sideformer.checkpoint import load_checkpoint, save_checkpoint
 from sideformer.config import Config
 from sideformer.data.metadata import DatasetMeta
 from sideformer.distributed import DistEnv
-from sideformer.errors import UserError
+from sideformer.errors import Stopped, UserError
 from sideformer.model import autocast_dtype as model_autocast_dtype
 from sideformer.model import build_model, training_loss
 from sideformer.rundir import RunDir
+from sideformer.step_checkpoints import StepCheckpoints
 from sideformer.tracking import JsonLinesLog, WandbRun
 from sideformer.train_data import Loaders, build_loaders, load_checked_dataset
-from sideformer.train_state import EarlyStopping, EpochMetrics, Start, TrainState, choose_start
+from sideformer.train_state import EarlyStopping, EpochMetrics, EpochProgress, Start, TrainState, choose_start
 from sideformer.trained_model import save_trained_model
 from sideformer.validation import EvalResult, eval_loader, evaluate
 
@@ -119,18 +120,28 @@ def train(
         log.info(_start_line(config, loaders, parts, env))
 
     stop_reason: StopReason = "completed"
+    # Agreeing on a step checkpoint costs the ranks a host sync: once per log_every steps, not each step.
+    step_checkpoints = StepCheckpoints(
+        config.checkpoint.every_minutes, env, config.train.log_every if env.is_distributed else 1
+    )
     # The CPU depthwise-conv backward returns channels-last grads for the MixFFN weights; DDP copies
     # them into its buckets and warns every step. The copy is a few KB per block: not worth the noise.
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), step_checkpoints:
         warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
         for epoch in range(state.epochs_done, config.train.epochs):
-            metrics = run_epoch(epoch, config, loaders, parts, env)
+            metrics = run_epoch(epoch, config, loaders, parts, env, state, step_checkpoints, run)
             state.history.append(metrics)
             state.early.update(metrics)  # same all-reduced numbers on every rank -> same decision
             is_best = config.checkpoint.select == "last" or state.early.best_epoch == metrics.epoch
             if env.is_main:
                 assert wandb_run is not None
                 save_epoch(run, state, metrics, is_best, jsonl, wandb_run, config.train.epochs)
+            if step_checkpoints.due(0) and step_checkpoints.stop_requested:  # SIGTERM after its last step
+                distributed.barrier(env)
+                raise Stopped(
+                    f"stopped by SIGTERM after epoch {metrics.epoch}, saved in {run.last}; run the same "
+                    f"command with --resume to continue from there."
+                )
             stop = _stop_reason(metrics, state.early, on_epoch, env)
             if stop is not None:
                 stop_reason = stop
@@ -264,16 +275,39 @@ def _finished_result(run: RunDir) -> TrainResult:
 
 
 def run_epoch(
-    epoch: int, config: Config, loaders: Loaders, parts: ModelAndOptimizer, env: DistEnv
+    epoch: int,
+    config: Config,
+    loaders: Loaders,
+    parts: ModelAndOptimizer,
+    env: DistEnv,
+    state: TrainState,
+    step_checkpoints: StepCheckpoints,
+    run: RunDir,
 ) -> EpochMetrics:
-    """Train on every batch once, validate, and return the epoch's numbers (identical on every rank)."""
-    if isinstance(loaders.train.sampler, DistributedSampler):
-        loaders.train.sampler.set_epoch(epoch)
-    started = time.perf_counter()
-    loss_sum, images_seen = _train_steps(epoch, config, loaders, parts, env)
+    """Train on every batch once (or on the rest, after a step checkpoint), validate, and return the
+    epoch's numbers (identical on every rank)."""
+    resumed = state.progress is not None and state.progress.epoch == epoch
+    progress = state.progress if resumed else EpochProgress(epoch)
+    assert progress is not None
+    if resumed and env.is_main:
+        log.info(
+            "resuming epoch %d after %d of its %d batches", epoch + 1, progress.batches, _batches(loaders)
+        )
+    loaders.train.sampler.set_epoch(epoch, skip=progress.batches * config.train.batch_size)  # type: ignore[attr-defined]
+    started = time.perf_counter() - progress.seconds
+
+    def save_step(loss_sum: torch.Tensor, images_seen: int) -> None:
+        if step_checkpoints.due(progress.optimizer_steps):
+            totals = distributed.gather_objects((float(loss_sum), images_seen), env)
+            progress.loss_sums, progress.images = [t[0] for t in totals], [t[1] for t in totals]
+            progress.seconds = time.perf_counter() - started
+            _save_step(state, progress, run, env, step_checkpoints.stop_requested)
+
+    loss_sum, images_seen = _train_steps(config, loaders, parts, env, progress, save_step)
     if env.device.type == "cuda":
         torch.cuda.synchronize()  # count queued kernels in this epoch's time
     train_seconds = time.perf_counter() - started
+    state.progress = None
     distributed.sync_buffers(parts.model, env)  # BatchNorm running stats: validate what rank 0 will save
     meta = loaders.meta
     val = evaluate(
@@ -286,7 +320,7 @@ def run_epoch(
         config.model.channels_last,
     )
     totals = torch.tensor(
-        [float(loss_sum), len(loaders.train), images_seen], device=env.device, dtype=torch.float64
+        [float(loss_sum), progress.batches, images_seen], device=env.device, dtype=torch.float64
     )
     loss_total, batches, images = distributed.all_reduce_sum(totals, env).tolist()
     return EpochMetrics(
@@ -303,21 +337,30 @@ def run_epoch(
 
 
 def _train_steps(
-    epoch: int, config: Config, loaders: Loaders, parts: ModelAndOptimizer, env: DistEnv
+    config: Config,
+    loaders: Loaders,
+    parts: ModelAndOptimizer,
+    env: DistEnv,
+    progress: EpochProgress,
+    save_step: Callable[[torch.Tensor, int], None],
 ) -> tuple[torch.Tensor, int]:
-    """One pass over the training loader: (summed loss on the device, images seen) on this rank."""
+    """This epoch's batches from `progress` on: (summed loss on the device, images seen) on this rank.
+    `progress` follows along; `save_step(loss_sum, images_seen)` runs after each optimizer step but the
+    epoch's last (it saves when a step checkpoint is due)."""
     parts.ddp_model.train()
-    loss_sum = torch.zeros((), device=env.device)
-    images_seen = 0
+    carried_loss, images_seen = progress.rank_totals(env.rank, env.world_size)
+    loss_sum = torch.tensor(float(carried_loss), device=env.device)
+    first, last_step = progress.batches, progress.batches + len(loaders.train) - 1
     batches = tqdm(
         loaders.train,
-        desc=f"epoch {epoch + 1}/{config.train.epochs}",
+        desc=f"epoch {progress.epoch + 1}/{config.train.epochs}",
+        initial=first,
+        total=last_step + 1,
         disable=not env.is_main or None,  # None: only on a terminal
         leave=False,
         dynamic_ncols=True,
     )
-    last_step = len(loaders.train) - 1
-    for step, (images, masks) in enumerate(batches):
+    for step, (images, masks) in enumerate(batches, start=first):
         images = images.to(env.device, non_blocking=True)
         masks = masks.to(env.device, non_blocking=True).long()
         is_update_step = (step + 1) % config.train.grad_accum == 0 or step == last_step
@@ -333,20 +376,45 @@ def _train_steps(
                 config.model.channels_last,
             )
             (loss / config.train.grad_accum).backward()
+        loss_sum += loss.detach()
+        images_seen += images.shape[0]
         if is_update_step:
             if config.optim.grad_clip:
                 torch.nn.utils.clip_grad_norm_(parts.model.parameters(), config.optim.grad_clip)
             parts.optimizer.step()
             parts.scheduler.step()
             parts.optimizer.zero_grad(set_to_none=True)
-        loss_sum += loss.detach()
-        images_seen += images.shape[0]
+            progress.batches, progress.optimizer_steps = step + 1, progress.optimizer_steps + 1
+            if step < last_step:  # the epoch's end saves a checkpoint of its own
+                save_step(loss_sum, images_seen)
         if env.is_main and (step + 1) % config.train.log_every == 0:
             batches.set_postfix(loss=f"{loss.item():.4f}", lr=f"{parts.scheduler.get_last_lr()[0]:.2e}")
     return loss_sum, images_seen
 
 
+def _batches(loaders: Loaders) -> int:
+    """Batches in a whole epoch on this rank (the loader's own length shrinks when an epoch resumes)."""
+    sampler = loaders.train.sampler
+    samples = len(sampler) + sampler.skip  # type: ignore[arg-type,attr-defined]
+    batch = loaders.train.batch_size or 1
+    return samples // batch if loaders.train.drop_last else -(-samples // batch)
+
+
 # --- save -------------------------------------------------------------------------------------------
+
+
+def _save_step(state: TrainState, progress: EpochProgress, run: RunDir, env: DistEnv, stop: bool) -> None:
+    """A step checkpoint (rank 0 writes, every rank waits for it); after a SIGTERM, stop."""
+    state.progress = progress
+    if env.is_main:
+        save_checkpoint(run.last, state.state_dict())
+        log.info("saved epoch %d after %d batch(es) to %s", progress.epoch + 1, progress.batches, run.last)
+    distributed.barrier(env)
+    if stop:
+        raise Stopped(
+            f"stopped by SIGTERM in epoch {progress.epoch + 1} after {progress.batches} batch(es), saved in "
+            f"{run.last}; run the same command with --resume to continue from there."
+        )
 
 
 def save_epoch(

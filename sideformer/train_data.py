@@ -9,12 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from torch.utils.data import DataLoader
 
 from sideformer import distributed
 from sideformer.config import Config
 from sideformer.data.check import check_dataset, format_check
-from sideformer.data.dataset import SegmentationDataset, pad_collate, worker_init
+from sideformer.data.dataset import EpochSampler, SegmentationDataset, pad_collate, worker_init
 from sideformer.data.metadata import DatasetMeta, Sample, load_metadata
 from sideformer.data.preresize import default_cache_dir, preresize_samples
 from sideformer.data.transforms import TrainTransform
@@ -66,15 +66,13 @@ def train_loader(samples: list[Sample], meta: DatasetMeta, config: Config, env: 
             ignore_index=meta.ignore_index,
         ),
     )
-    sampler = (
-        DistributedSampler(dataset, env.world_size, env.rank, shuffle=True, seed=config.train.seed)
-        if env.is_distributed
-        else RandomSampler(dataset, generator=torch.Generator().manual_seed(config.train.seed))
-    )
     return DataLoader(
         dataset,
         batch_size=config.train.batch_size,
-        sampler=sampler,
+        sampler=EpochSampler(len(dataset), config.train.seed, env.rank, env.world_size),
+        # Its own generator: starting an epoch's iterator then leaves the global RNG (dropout) alone,
+        # so a run resumed inside an epoch draws the same random numbers as one that was never stopped.
+        generator=torch.Generator().manual_seed(config.train.seed),
         num_workers=data.num_workers,
         collate_fn=pad_collate(meta.ignore_index),
         pin_memory=env.device.type == "cuda",

@@ -68,8 +68,36 @@ class EarlyStopping:
 
 
 @dataclass
+class EpochProgress:
+    """How far the epoch in progress got: what a step checkpoint adds to an epoch checkpoint."""
+
+    epoch: int
+    """0-based index of the epoch in progress."""
+    batches: int = 0
+    """Batches this rank has trained on in it (always right after an optimizer step)."""
+    optimizer_steps: int = 0
+    loss_sums: list[float] = field(default_factory=list)
+    """Each rank's summed training loss so far (rank 0 writes the checkpoint for all)."""
+    images: list[int] = field(default_factory=list)
+    """Each rank's images so far."""
+    seconds: float = 0.0
+    """Training time spent on it so far (validation excluded)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def rank_totals(self, rank: int, world_size: int) -> tuple[float, int]:
+        """This rank's (loss sum, images) so far. Resumed with another process count, rank 0 carries
+        everyone's so the epoch's totals stay right."""
+        if len(self.loss_sums) == world_size:
+            return self.loss_sums[rank], self.images[rank]
+        return (sum(self.loss_sums), sum(self.images)) if rank == 0 else (0.0, 0)
+
+
+@dataclass
 class TrainState:
-    """Everything a checkpoint restores: weights, optimizer, schedule, early stopping, history, RNG.
+    """Everything a checkpoint restores: weights, optimizer, schedule, early stopping, history, RNG, and
+    for a checkpoint taken inside an epoch, how far that epoch got.
 
     `state_dict()` is what temp_ckpts/last.pth holds; `load_state_dict()` puts a run back where it was."""
 
@@ -78,6 +106,8 @@ class TrainState:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     early: EarlyStopping
     history: list[EpochMetrics] = field(default_factory=list)
+    progress: EpochProgress | None = None
+    """Set by a step checkpoint (inside an epoch); None after a whole epoch."""
 
     @property
     def epochs_done(self) -> int:
@@ -94,7 +124,10 @@ class TrainState:
             "scheduler": self.scheduler.state_dict(),
             "early_stopping": self.early.state_dict(),
             "history": [h.to_dict() for h in self.history],
+            "progress": None if self.progress is None else self.progress.to_dict(),
             "rng": torch.get_rng_state(),
+            # This process's GPU: every rank was seeded alike and draws alike, so rank 0's state is theirs.
+            "cuda_rng": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -103,7 +136,11 @@ class TrainState:
         self.scheduler.load_state_dict(state["scheduler"])
         self.early.load_state_dict(state["early_stopping"])
         self.history = [EpochMetrics(**h) for h in state["history"]]
+        progress = state.get("progress")  # absent from checkpoints written before step checkpoints
+        self.progress = None if progress is None else EpochProgress(**progress)
         torch.set_rng_state(state["rng"])
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state(state["cuda_rng"])
 
 
 class Start(enum.Enum):
