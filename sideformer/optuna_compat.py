@@ -95,3 +95,19 @@ def fail_trials_without_heartbeat(
             with experimental_allowed():
                 callback(study, storage.get_trial(trial_id))
     return sorted(failed)
+
+
+def retry_trial(study: optuna.Study, number: int) -> bool:
+    """Re-enqueue finished (failed) trial `number` through the storage's stale-trial callback, as if its
+    worker had died: same parameters, retry history kept, so the retry resumes from its checkpoint.
+    False when the storage has no such callback (heartbeats off)."""
+    rdb = getattr(study._storage, "_backend", study._storage)
+    callback = (
+        rdb.get_heartbeat_stale_trial_callback() if isinstance(rdb, optuna.storages.RDBStorage) else None
+    )
+    if callback is None:
+        return False
+    trial = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+    with experimental_allowed():
+        callback(study, trial)
+    return True

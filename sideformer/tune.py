@@ -33,7 +33,7 @@ from sideformer.atomic import atomic_write_json
 from sideformer.config import Config, SearchConfig, load_config
 from sideformer.data.metadata import load_metadata
 from sideformer.distributed import DistEnv
-from sideformer.errors import UserError, first_line
+from sideformer.errors import Stopped, UserError, first_line
 from sideformer.rundir import RunDir
 from sideformer.study import create_study, load_study, open_storage, redact, resolve_storage_url, with_retries
 from sideformer.train import TrainResult, train
@@ -196,6 +196,7 @@ def _lead(
     log.info("worker joins study %r on %s (sampler seed %d)", study_name, redact(storage_url), seed)
 
     database_errors = 0
+    running: list[int] = []  # the trials this worker trained, the last for a SIGTERM in the middle of it
     while True:
         try:
             trials = study.get_trials(deepcopy=False)  # one query per round
@@ -211,11 +212,18 @@ def _lead(
                 distributed.broadcast_object(("wait", None), env)
                 time.sleep(WAIT_SECONDS)
                 continue
-            study.optimize(
-                lambda trial: _objective(trial, config, params, env),
-                n_trials=1,
-                catch=(SurplusTrial, DuplicateTrial),
-            )
+            try:
+                study.optimize(
+                    lambda trial: _objective(trial, config, params, env, running),
+                    n_trials=1,
+                    catch=(SurplusTrial, DuplicateTrial),
+                )
+            except Stopped:
+                # Optuna marked the trial FAIL; queue its retry now (a dead worker's waits for the grace
+                # period): whichever worker takes it resumes from the step this one saved.
+                if running and optuna_compat.retry_trial(study, running[-1]):
+                    log.info("trial %d stopped by SIGTERM and queued again", running[-1])
+                raise
             database_errors = 0
         except Exception as exc:
             if not _caused_by_database(exc):
@@ -239,7 +247,9 @@ def _lead(
     return best
 
 
-def _objective(trial: optuna.Trial, config: Config, params: list[Param], env: DistEnv) -> float:
+def _objective(
+    trial: optuna.Trial, config: Config, params: list[Param], env: DistEnv, running: list[int]
+) -> float:
     search = config.search
     stored = {p.key: _suggest(trial, p) for p in params}
     _refuse_surplus_or_duplicate(trial, stored, search.n_trials)
@@ -276,6 +286,7 @@ def _objective(trial: optuna.Trial, config: Config, params: list[Param], env: Di
             return False
 
     distributed.broadcast_object(("train", trial_config), env)
+    running.append(trial.number)
     result = train(trial_config, on_epoch=report_to_study, resume=True, env=env)
     with_retries(lambda: _store_metrics(trial, result))
     if result.stop_reason == "reported":

@@ -15,11 +15,14 @@ import subprocess
 import time
 from pathlib import Path
 
+import optuna
 import pytest
 import torch
+from optuna.trial import TrialState
 
 from sideformer.data.synth import write_synthetic_dataset
 from tests.integration.conftest import REPO, TINY, env_for, sideformer
+from tests.integration.test_tune import search_cmd, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +48,9 @@ def finished(command: list[str]) -> str:
     return proc.stdout + proc.stderr
 
 
-def stopped_by_sigterm(command: list[str], delay: float, exit_code: int = 128 + signal.SIGTERM) -> str:
+def stopped_by_sigterm(
+    command: list[str], delay: float, exit_code: int = 128 + signal.SIGTERM, after: str = "training SegFormer"
+) -> str:
     """Run `command`, send SIGTERM `delay` seconds after training starts, return its output."""
     proc = subprocess.Popen(
         command, env=env_for(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -54,7 +59,7 @@ def stopped_by_sigterm(command: list[str], delay: float, exit_code: int = 128 + 
     lines = []
     for line in proc.stdout:
         lines.append(line)
-        if line.startswith("training SegFormer"):
+        if line.startswith(after):
             time.sleep(delay)
             proc.send_signal(signal.SIGTERM)
             break
@@ -121,3 +126,24 @@ def test_sigterm_mid_epoch_under_torchrun_then_resume_gives_the_same_weights(
     same_weights(run, reference)
     same_losses(run, reference)
     print(f"two processes: stopped after {done} of {BATCHES // 2} batches each; same weights (exact)")
+
+
+def test_a_trial_stopped_by_sigterm_is_queued_again_and_resumes_mid_epoch(
+    dataset: Path, tmp_path: Path
+) -> None:
+    """A search worker drained mid-trial: the trial is re-queued at once (no waiting for its heartbeat to
+    go stale) and the next worker continues it from the saved step."""
+    config = write_config(tmp_path / "search.yaml", n_trials=1, epochs=2, pruner="none")
+    url, output = f"sqlite:///{tmp_path / 'study.db'}", tmp_path / "search"
+    command = [*search_cmd(dataset, output, config, url), "--set", "train.batch_size=2"]
+
+    stopped_by_sigterm(command, delay=0.3, after="training SegFormer")
+    study = optuna.load_study(study_name="test", storage=url)
+    states = [t.state for t in study.get_trials()]
+    assert states == [TrialState.FAIL, TrialState.WAITING], states
+
+    resumed = finished(command)
+    assert "trial 1 (retry of 0)" in resumed, resumed
+    assert re.search(r"resuming epoch 1 after \d+ of its 24 batches", resumed), resumed
+    study = optuna.load_study(study_name="test", storage=url)
+    assert [t.state for t in study.get_trials()] == [TrialState.FAIL, TrialState.COMPLETE]
