@@ -74,12 +74,13 @@ def measure(side: str, folder: str, args: dict[str, Any]) -> dict[str, float]:
             return processor.post_process_semantic_segmentation(outputs, target_sizes=sizes)
 
     elif side == "torch":
-        from sideformer.predict import load_trained_model, segment
+        from sideformer.predict import segment
+        from sideformer.trained_model import load_trained_model
 
-        tm = load_trained_model(folder)
+        trained = load_trained_model(folder)
 
         def run(batch: list[np.ndarray]) -> list[np.ndarray]:
-            return segment(tm, batch)
+            return segment(trained, batch)
 
     else:
         import onnxruntime

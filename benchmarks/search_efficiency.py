@@ -38,7 +38,7 @@ from machine import busy_cores, describe, machine_info, write_json  # benchmarks
 
 from sideformer.config import load_config
 from sideformer.data.synth import write_synthetic_dataset
-from sideformer.tune import create_study, open_storage, redact
+from sideformer.study import create_study, open_storage, redact
 
 # The low end of lr learns nothing in a few epochs: a region a pruner should cut short.
 SPACE: dict[str, dict[str, Any]] = {

@@ -23,8 +23,8 @@ from train_throughput import reference_model  # benchmarks/train_throughput.py
 from sideformer.config import ModelConfig, load_config
 from sideformer.data.metadata import load_metadata
 from sideformer.data.synth import write_synthetic_dataset
-from sideformer.model import autocast_dtype, build_model, normalize, upsample_logits
-from sideformer.train import _build_optimizer
+from sideformer.model import autocast_dtype, build_model, normalize, training_loss
+from sideformer.train import build_optimizer
 
 Step = Callable[[], None]
 
@@ -37,21 +37,14 @@ def sideformer_step(
     model = build_model(ModelConfig(variant="b0"), meta.id2label, meta.ignore_index).to(device).train()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = _build_optimizer(model, config, fused=True)
+    optimizer = build_optimizer(model, config, fused=True)
     dtype = autocast_dtype(precision, device)
     forward = model if compile_mode is None else torch.compile(model, mode=compile_mode)
 
     def step() -> None:
         if compile_mode == "reduce-overhead":
             torch.compiler.cudagraph_mark_step_begin()
-        pixels = normalize(images)
-        if channels_last:
-            pixels = pixels.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=bool(dtype)):
-            logits = forward(pixel_values=pixels).logits
-        loss = torch.nn.functional.cross_entropy(
-            upsample_logits(logits.float(), labels.shape[-2:]), labels, ignore_index=meta.ignore_index
-        )
+        loss, _ = training_loss(forward, images, labels, meta.ignore_index, dtype, channels_last)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -1,8 +1,8 @@
 """Storage overhead of the shared study: ask/tell round trips per second against a real PostgreSQL server.
 
 A throwaway PostgreSQL (tests/pg: its own cluster on 127.0.0.1) holds one fresh study per concurrency
-level, created once beforehand with `sideformer.tune.create_study`. N worker processes then each open the
-storage exactly as a SideFormer search worker does (`sideformer.tune.open_storage(url, SearchConfig())`:
+level, created once beforehand with `sideformer.study.create_study`. N worker processes then each open the
+storage exactly as a SideFormer search worker does (`sideformer.study.open_storage(url, SearchConfig())`:
 heartbeats on, pool_pre_ping), load the study with SideFormer's sampler (TPE, constant liar, a distinct seed
 per worker) and pruner (median), and for a fixed time repeat the storage traffic of one trial:
 
@@ -88,7 +88,8 @@ def worker(
     from optuna.trial import TrialState
 
     from sideformer.config import SearchConfig
-    from sideformer.tune import open_storage, parse_space
+    from sideformer.study import open_storage
+    from sideformer.tune import parse_space
 
     # ask() outside study.optimize warns that heartbeats expect optimize; we make optimize's calls ourselves.
     warnings.filterwarnings("ignore", message="Heartbeat of storage")
@@ -161,7 +162,7 @@ def run_level(ctx: Any, url: str, workers: int, seconds: float, reports: int, sa
     from optuna.trial import TrialState
 
     from sideformer.config import SearchConfig
-    from sideformer.tune import create_study, open_storage
+    from sideformer.study import create_study, open_storage
 
     study_name = f"bench-{workers}-workers"
     storage = open_storage(url, SearchConfig())

@@ -42,12 +42,12 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 from transformers import SegformerImageProcessorPil
 
 from sideformer.config import Config, ModelConfig, load_config
-from sideformer.data.dataset import SegmentationDataset, pad_collate, worker_init
 from sideformer.data.metadata import DatasetMeta, load_metadata
 from sideformer.data.synth import write_synthetic_dataset
-from sideformer.data.transforms import TrainTransform
-from sideformer.model import autocast_dtype, build_model, normalize, upsample_logits
-from sideformer.train import _build_optimizer, train
+from sideformer.distributed import DistEnv
+from sideformer.model import autocast_dtype, build_model, normalize, training_loss
+from sideformer.train import build_optimizer, train
+from sideformer.train_data import train_loader
 
 Batch = tuple[torch.Tensor, torch.Tensor] | dict[str, torch.Tensor]  # SideFormer's | the reference's
 
@@ -79,18 +79,9 @@ def sideformer_config(args: argparse.Namespace, data: Path, output: Path, device
 
 
 def sideformer_loader(config: Config, meta: DatasetMeta, device: torch.device) -> DataLoader:
-    """SideFormer's training DataLoader, built as train.py builds it (single process)."""
-    d = config.data
-    transform = TrainTransform(
-        crop_size=(d.crop_size[0], d.crop_size[1]),
-        base_size=d.base_size or min(d.crop_size),
-        scale_range=(d.scale_range[0], d.scale_range[1]),
-        hflip=d.hflip,
-        color_jitter=d.color_jitter,
-        ignore_index=meta.ignore_index,
-    )
-    dataset = SegmentationDataset(meta.split("train"), meta.palette, transform)
-    return loader_like_sideformer(dataset, config, pad_collate(meta.ignore_index), worker_init, device)
+    """SideFormer's training DataLoader, built by training's own function (single process)."""
+    env = DistEnv(rank=0, world_size=1, local_rank=0, device=device)
+    return train_loader(meta.split("train"), meta, config, env)
 
 
 class HFDocsDataset(Dataset):
@@ -178,7 +169,7 @@ def step_times(config: Config, meta: DatasetMeta, device: torch.device, steps: i
     ours = build_model(config.model, meta.id2label, meta.ignore_index).to(device).train()
     if config.model.channels_last:
         ours = ours.to(memory_format=torch.channels_last)
-    optimizer = _build_optimizer(ours, config, fused=device.type in ("cuda", "cpu"))
+    optimizer = build_optimizer(ours, config, fused=device.type in ("cuda", "cpu"))
     dtype = autocast_dtype(config.train.precision, device)
     graphs = config.train.compile and config.train.compile_mode == "reduce-overhead"
     forward = torch.compile(ours, mode=config.train.compile_mode) if config.train.compile else ours
@@ -192,14 +183,7 @@ def step_times(config: Config, meta: DatasetMeta, device: torch.device, steps: i
     def sideformer_step() -> None:
         if graphs:
             torch.compiler.cudagraph_mark_step_begin()
-        pixels = normalize(images)
-        if config.model.channels_last:
-            pixels = pixels.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=bool(dtype)):
-            logits = forward(pixel_values=pixels).logits
-        loss = torch.nn.functional.cross_entropy(
-            upsample_logits(logits.float(), labels.shape[-2:]), labels, ignore_index=meta.ignore_index
-        )
+        loss, _ = training_loss(forward, images, labels, meta.ignore_index, dtype, config.model.channels_last)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from sideformer.atomic import atomic_write_with
-from sideformer.errors import UserError
+from sideformer.errors import UserError, first_line
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
@@ -25,4 +25,4 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except FileNotFoundError:
         raise UserError(f"{path}: checkpoint not found.") from None
     except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:  # truncated or foreign
-        raise UserError(f"{path}: not a readable checkpoint ({str(exc).splitlines()[0]}).") from None
+        raise UserError(f"{path}: not a readable checkpoint ({first_line(exc)}).") from None

@@ -13,9 +13,10 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from sideformer import __version__
-from sideformer.errors import UserError
+from sideformer.errors import Stopped, UserError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -30,6 +31,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"sideformer: error: {exc}", file=sys.stderr)
         return 2
+    except Stopped as exc:
+        if os.environ.get("RANK", "0") == "0":  # every rank stops at the same step: one says so
+            print(f"sideformer: {exc}", file=sys.stderr)
+        return Stopped.exit_code
     except KeyboardInterrupt:
         print("sideformer: interrupted", file=sys.stderr)
         return 130
@@ -57,7 +62,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"sideformer {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    # The order here is the order of `sideformer --help`.
+    for add_commands in (
+        _add_data_commands,
+        _add_training_commands,
+        _add_study_commands,
+        _add_model_commands,
+        _add_convert_command,
+        _add_config_command,
+    ):
+        add_commands(commands)
+    return parser
 
+
+Commands = Any  # argparse's _SubParsersAction, which it does not export
+
+
+def _add_data_commands(commands: Commands) -> None:
     demo = commands.add_parser(
         "demo", help="synthesise a small dataset and train a small model on it (CPU, a few minutes)"
     )
@@ -92,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.set_defaults(handler=_check_data)
 
+
+def _add_training_commands(commands: Commands) -> None:
     train = commands.add_parser(
         "train", help="train SegFormer on a dataset (one process, or DDP under torchrun)"
     )
@@ -133,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     final.set_defaults(handler=_final)
 
+
+def _add_study_commands(commands: Commands) -> None:
     study = commands.add_parser("study", help="create, inspect or export an Optuna study")
     study_commands = study.add_subparsers(title="study commands", metavar="ACTION", required=True)
     create = study_commands.add_parser("create", help="create the study if it does not exist (idempotent)")
@@ -146,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
         sub.set_defaults(handler=handler)
 
+
+def _add_model_commands(commands: Commands) -> None:
+    """The commands that use a trained model: predict, evaluate, report, export."""
     predict = commands.add_parser(
         "predict", help="segment images, folders or videos with a trained model (masks and overlays)"
     )
@@ -211,6 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--opset", type=int, help="ONNX opset (default: 17, or 18 with dynamo)")
     export.set_defaults(handler=_export)
 
+
+def _add_convert_command(commands: Commands) -> None:
     convert = commands.add_parser(
         "convert-aihub",
         help="convert AI-Hub Surface Masking (CVAT XML 1.1) into a dataset folder",
@@ -255,11 +285,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     convert.set_defaults(handler=_convert_aihub)
 
+
+def _add_config_command(commands: Commands) -> None:
     show = commands.add_parser("config", help="print the resolved configuration (defaults, file, overrides)")
     show.add_argument("--config", type=Path, help="YAML config file")
     show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     show.set_defaults(handler=_show_config)
-    return parser
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -355,7 +386,8 @@ def _synth(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _predict(args: argparse.Namespace, argv: list[str]) -> int:
-    from sideformer.predict import format_summary, load_trained_model, predict
+    from sideformer.predict import format_summary, predict
+    from sideformer.trained_model import load_trained_model
 
     model = load_trained_model(args.model, args.device, args.precision)
     summary = predict(
@@ -374,9 +406,9 @@ def _predict(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _evaluate(args: argparse.Namespace, argv: list[str]) -> int:
-    from sideformer.assess import evaluate_model, format_evaluation
+    from sideformer.evaluate import evaluate_model, format_evaluation
 
-    report = evaluate_model(
+    evaluation = evaluate_model(
         args.model,
         args.data,
         args.split,
@@ -388,28 +420,23 @@ def _evaluate(args: argparse.Namespace, argv: list[str]) -> int:
         worst=args.worst,
         workers=args.workers,
     )
-    print(format_evaluation(report))
+    print(format_evaluation(evaluation))
     return 0
 
 
 def _report(args: argparse.Namespace, argv: list[str]) -> int:
-    from sideformer.report import read_history, write_training_curves
+    from sideformer.curves import describe_curves, read_history, write_training_curves
 
     path = write_training_curves(args.run, args.out)
-    history = read_history(args.run)
-    best = max(history, key=lambda h: h.get("val_miou") or 0.0)
-    print(
-        f"{len(history)} epoch(s); highest val mIoU {best.get('val_miou', float('nan')):.4f} at epoch "
-        f"{best.get('epoch')}\ntraining curves: {path}"
-    )
+    print(describe_curves(read_history(args.run), path))
     return 0
 
 
 def _export(args: argparse.Namespace, argv: list[str]) -> int:
     from sideformer.export import export_onnx, format_export
 
-    report = export_onnx(args.model, args.onnx, args.size, args.atol, args.exporter, args.opset)
-    print(format_export(report))
+    result = export_onnx(args.model, args.onnx, args.size, args.atol, args.exporter, args.opset)
+    print(format_export(result))
     return 0
 
 
@@ -434,20 +461,22 @@ def _convert_aihub(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _check_data(args: argparse.Namespace, argv: list[str]) -> int:
-    from sideformer.data.check import check_dataset, format_report
+    from sideformer.data.check import check_dataset, format_check
     from sideformer.data.metadata import load_metadata
 
     meta = load_metadata(args.path, classes=args.classes)
-    report = check_dataset(meta)
-    print(format_report(meta, report))
-    return 0 if report.ok else 1
+    check = check_dataset(meta)
+    print(format_check(meta, check))
+    return 0 if check.ok else 1
 
 
 def _train(args: argparse.Namespace, argv: list[str]) -> int:
     config = _run_config(args, argv)
+    from sideformer import distributed
     from sideformer.train import train
 
-    result = train(config, resume=args.resume)
+    with distributed.process_group(config.train.device) as env:
+        result = train(config, resume=args.resume, env=env)
     print(f"best epoch {result.best.epoch}: val mIoU {result.best.val_miou:.4f}; outputs in {result.output}")
     return 0
 
@@ -468,65 +497,47 @@ def _run_config(args: argparse.Namespace, argv: list[str]):  # -> Config
 
 
 def _search(args: argparse.Namespace, argv: list[str]) -> int:
-    from sideformer.tune import resolve_storage_url, run_search
+    from sideformer import distributed
+    from sideformer.study import resolve_storage_url
+    from sideformer.tune import run_search
 
     config = _run_config(args, argv)
     storage = resolve_storage_url(args.storage, config.output)
-    run_search(config, storage, args.study, seed=args.seed)
+    with distributed.process_group(config.train.device) as env:
+        run_search(config, storage, args.study, env, seed=args.seed)
     return 0
 
 
 def _final(args: argparse.Namespace, argv: list[str]) -> int:
     from sideformer import distributed
-    from sideformer.tune import run_final
+    from sideformer.tune import best_for_final, run_final
 
     config = _run_config(args, argv)
-    env = distributed.setup(config.train.device)
-    try:
-        best = distributed.on_main(env, lambda: _best_for_final(args, config))
+    with distributed.process_group(config.train.device) as env:
+        best = distributed.on_main(
+            env, lambda: best_for_final(config, args.storage, args.study, args.hyperparams_file)
+        )
         result = run_final(config, best, env=env)
-    finally:
-        distributed.cleanup()
     _print_final(result)
     return 0
 
 
-def _best_for_final(args: argparse.Namespace, config) -> dict:
-    """From --hyperparams-file, else from the study (and then written to OUTPUT/best_hyperparams.json)."""
-    from sideformer.atomic import atomic_write_json
-    from sideformer.tune import (
-        HYPERPARAMS_FILE,
-        best_hyperparams,
-        open_storage,
-        read_hyperparams,
-        resolve_storage_url,
-    )
-
-    if args.hyperparams_file is not None:
-        return read_hyperparams(args.hyperparams_file)
-    storage = open_storage(resolve_storage_url(args.storage, config.output), config.search)
-    best = best_hyperparams(_load_study(storage, args.study), config.search)
-    atomic_write_json(Path(config.output) / HYPERPARAMS_FILE, best)
-    return best
-
-
 def _tune(args: argparse.Namespace, argv: list[str]) -> int:
     from sideformer import distributed
-    from sideformer.tune import HYPERPARAMS_FILE, read_hyperparams, resolve_storage_url, run_final, run_search
+    from sideformer.rundir import RunDir
+    from sideformer.study import resolve_storage_url
+    from sideformer.tune import read_hyperparams, run_final, run_search
 
     config = _run_config(args, argv)
-    hyperparams_file = args.hyperparams_file or Path(config.output) / HYPERPARAMS_FILE
+    hyperparams_file = args.hyperparams_file or RunDir(config.output).hyperparams
     storage = None if args.skip_hyperopt else resolve_storage_url(args.storage, config.output)
     if args.skip_hyperopt:
         read_hyperparams(hyperparams_file)  # a bad file fails now, before any process starts
-    env = distributed.setup(config.train.device)
-    try:
+    with distributed.process_group(config.train.device) as env:
         if storage is not None:
-            run_search(config, storage, args.study, seed=args.seed, env=env)
+            run_search(config, storage, args.study, env, seed=args.seed)
         best = distributed.on_main(env, lambda: read_hyperparams(hyperparams_file))
         result = run_final(config, best, env=env)
-    finally:
-        distributed.cleanup()
     _print_final(result)
     return 0
 
@@ -536,28 +547,17 @@ def _print_final(result) -> None:
     print(f"final model after {best.epoch} epoch(s): mIoU {best.val_miou:.4f}; outputs in {result.output}")
 
 
-def _load_study(storage, name: str):
-    import optuna
-
-    try:
-        return optuna.load_study(study_name=name, storage=storage)
-    except KeyError:
-        names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
-        raise UserError(f"no study named {name!r} in this storage (studies: {names or 'none'}).") from None
-
-
-def _study_storage(args: argparse.Namespace):
+def _study_storage(args: argparse.Namespace):  # -> (RDBStorage, Config)
     from sideformer.config import load_config
-    from sideformer.tune import open_storage, resolve_storage_url
+    from sideformer.study import admin_storage_url, open_storage
 
-    if not (args.storage or os.environ.get("OPTUNA_STORAGE")):
-        raise UserError("no storage given: pass --storage URL or set OPTUNA_STORAGE.")
+    url = admin_storage_url(args.storage)
     config = load_config(args.config, args.overrides)
-    return open_storage(resolve_storage_url(args.storage, "."), config.search), config
+    return open_storage(url, config.search), config
 
 
 def _study_create(args: argparse.Namespace, argv: list[str]) -> int:
-    from sideformer.tune import create_study, redact
+    from sideformer.study import create_study, redact
 
     storage, config = _study_storage(args)
     study = create_study(storage, args.study, config.search)
@@ -572,10 +572,11 @@ def _study_best(args: argparse.Namespace, argv: list[str]) -> int:
     import json
 
     from sideformer.atomic import atomic_write_json
+    from sideformer.study import load_study
     from sideformer.tune import best_hyperparams
 
     storage, config = _study_storage(args)
-    best = best_hyperparams(_load_study(storage, args.study), config.search)
+    best = best_hyperparams(load_study(storage, args.study), config.search)
     if args.out:
         atomic_write_json(args.out, best)
     print(json.dumps(best, indent=2))
@@ -583,27 +584,11 @@ def _study_best(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _study_export(args: argparse.Namespace, argv: list[str]) -> int:
-    import json
-
-    from sideformer.atomic import atomic_write_text
+    from sideformer.study import export_trials, load_study
 
     storage, _ = _study_storage(args)
-    study = _load_study(storage, args.study)
-    rows = [
-        {
-            "number": t.number,
-            "state": t.state.name,
-            "value": t.value,
-            "params": t.params,
-            "intermediate_values": t.intermediate_values,
-            "user_attrs": t.user_attrs,
-            "datetime_start": t.datetime_start.isoformat() if t.datetime_start else None,
-            "datetime_complete": t.datetime_complete.isoformat() if t.datetime_complete else None,
-        }
-        for t in study.get_trials(deepcopy=False)
-    ]
-    atomic_write_text(args.out, "".join(json.dumps(row) + "\n" for row in rows))
-    print(f"wrote {len(rows)} trial(s) of study {args.study!r} to {args.out}")
+    count = export_trials(load_study(storage, args.study), args.out)
+    print(f"wrote {count} trial(s) of study {args.study!r} to {args.out}")
     return 0
 
 

@@ -114,6 +114,9 @@ class CheckpointConfig:
     """Keep temp_ckpts/ (last.pth, best.pth) after a run finishes."""
     select: Literal["best", "last"] = "best"
     """Which epoch becomes final_ckpts/: the best by early_stop.monitor, or the last (final runs)."""
+    every_minutes: float | None = None
+    """Also save inside an epoch this often (temp_ckpts/last.pth), so a killed run (SIGKILL, a lost node)
+    loses at most this much; null: at epoch ends, and on SIGTERM (always)."""
 
 
 @dataclass
@@ -215,6 +218,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         doc = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise UserError(f"{path}: not valid YAML: {exc}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a text file; a config is UTF-8 YAML text.") from None
     if doc is None:
         return {}
     if not isinstance(doc, dict):
@@ -282,71 +287,97 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
 
 def validate(config: Config) -> None:
     """Range checks the types cannot express. Each message names the key, its value and the rule."""
-    d, m, o, t, e, s = config.data, config.model, config.optim, config.train, config.early_stop, config.search
+    data, model, optim, train = config.data, config.model, config.optim, config.train
+    early_stop, search = config.early_stop, config.search
     rules: list[tuple[str, Any, bool, str]] = [
         (
             "data.crop_size",
-            d.crop_size,
-            len(d.crop_size) == 2 and min(d.crop_size) >= 32,
+            data.crop_size,
+            len(data.crop_size) == 2 and min(data.crop_size) >= 32,
             "[h, w], each >= 32",
         ),
-        ("data.base_size", d.base_size, d.base_size is None or d.base_size >= 32, ">= 32 or null"),
+        ("data.base_size", data.base_size, data.base_size is None or data.base_size >= 32, ">= 32 or null"),
         (
             "data.scale_range",
-            d.scale_range,
-            len(d.scale_range) == 2 and 0 < d.scale_range[0] <= d.scale_range[1],
+            data.scale_range,
+            len(data.scale_range) == 2 and 0 < data.scale_range[0] <= data.scale_range[1],
             "[low, high] with 0 < low <= high",
         ),
-        ("data.color_jitter", d.color_jitter, 0.0 <= d.color_jitter <= 1.0, "in [0, 1]"),
-        ("data.train_fraction", d.train_fraction, 0.0 < d.train_fraction <= 1.0, "in (0, 1]"),
-        ("data.num_workers", d.num_workers, d.num_workers is None or d.num_workers >= 0, ">= 0 or null"),
-        ("data.preresize", d.preresize, d.preresize is None or d.preresize >= 32, ">= 32 or null"),
+        ("data.color_jitter", data.color_jitter, 0.0 <= data.color_jitter <= 1.0, "in [0, 1]"),
+        ("data.train_fraction", data.train_fraction, 0.0 < data.train_fraction <= 1.0, "in (0, 1]"),
+        (
+            "data.num_workers",
+            data.num_workers,
+            data.num_workers is None or data.num_workers >= 0,
+            ">= 0 or null",
+        ),
+        ("data.preresize", data.preresize, data.preresize is None or data.preresize >= 32, ">= 32 or null"),
         (
             "data.train_splits",
-            d.train_splits,
-            bool(d.train_splits) and set(d.train_splits) <= set(SPLITS),
+            data.train_splits,
+            bool(data.train_splits) and set(data.train_splits) <= set(SPLITS),
             f"a non-empty list drawn from {list(SPLITS)}",
         ),
-        ("data.eval_split", d.eval_split, d.eval_split in SPLITS, f"one of {list(SPLITS)}"),
-        ("model.variant", m.variant, m.variant in VARIANTS, f"one of {list(VARIANTS)}"),
-        ("optim.lr", o.lr, o.lr > 0, "> 0"),
-        ("optim.weight_decay", o.weight_decay, o.weight_decay >= 0, ">= 0"),
-        ("optim.head_lr_mult", o.head_lr_mult, o.head_lr_mult > 0, "> 0"),
+        ("data.eval_split", data.eval_split, data.eval_split in SPLITS, f"one of {list(SPLITS)}"),
+        ("model.variant", model.variant, model.variant in VARIANTS, f"one of {list(VARIANTS)}"),
+        ("optim.lr", optim.lr, optim.lr > 0, "> 0"),
+        ("optim.weight_decay", optim.weight_decay, optim.weight_decay >= 0, ">= 0"),
+        ("optim.head_lr_mult", optim.head_lr_mult, optim.head_lr_mult > 0, "> 0"),
         (
             "optim.betas",
-            o.betas,
-            len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas),
+            optim.betas,
+            len(optim.betas) == 2 and all(0 <= beta < 1 for beta in optim.betas),
             "[b1, b2] in [0, 1)",
         ),
-        ("optim.warmup_steps", o.warmup_steps, o.warmup_steps >= 0, ">= 0"),
-        ("optim.poly_power", o.poly_power, o.poly_power > 0, "> 0"),
-        ("optim.grad_clip", o.grad_clip, o.grad_clip is None or o.grad_clip > 0, "> 0 or null"),
-        ("train.epochs", t.epochs, t.epochs >= 1, ">= 1"),
-        ("train.batch_size", t.batch_size, t.batch_size >= 1, ">= 1"),
+        ("optim.warmup_steps", optim.warmup_steps, optim.warmup_steps >= 0, ">= 0"),
+        ("optim.poly_power", optim.poly_power, optim.poly_power > 0, "> 0"),
+        ("optim.grad_clip", optim.grad_clip, optim.grad_clip is None or optim.grad_clip > 0, "> 0 or null"),
+        ("train.epochs", train.epochs, train.epochs >= 1, ">= 1"),
+        ("train.batch_size", train.batch_size, train.batch_size >= 1, ">= 1"),
         (
             "train.eval_batch_size",
-            t.eval_batch_size,
-            t.eval_batch_size is None or t.eval_batch_size >= 1,
+            train.eval_batch_size,
+            train.eval_batch_size is None or train.eval_batch_size >= 1,
             ">= 1",
         ),
-        ("train.grad_accum", t.grad_accum, t.grad_accum >= 1, ">= 1"),
-        ("train.log_every", t.log_every, t.log_every >= 1, ">= 1"),
-        ("early_stop.patience", e.patience, e.patience >= 0, ">= 0 (0 turns early stopping off)"),
-        ("early_stop.min_delta", e.min_delta, e.min_delta >= 0, ">= 0"),
-        ("search.n_trials", s.n_trials, s.n_trials >= 1, ">= 1"),
-        ("search.epochs", s.epochs, s.epochs >= 1, ">= 1"),
-        ("search.data_fraction", s.data_fraction, 0.0 < s.data_fraction <= 1.0, "in (0, 1]"),
-        ("search.pruner_warmup_epochs", s.pruner_warmup_epochs, s.pruner_warmup_epochs >= 0, ">= 0"),
-        ("search.pruner_startup_trials", s.pruner_startup_trials, s.pruner_startup_trials >= 0, ">= 0"),
-        ("search.sampler_startup_trials", s.sampler_startup_trials, s.sampler_startup_trials >= 0, ">= 0"),
-        ("search.heartbeat_interval", s.heartbeat_interval, s.heartbeat_interval >= 1, ">= 1"),
+        ("train.grad_accum", train.grad_accum, train.grad_accum >= 1, ">= 1"),
+        ("train.log_every", train.log_every, train.log_every >= 1, ">= 1"),
+        (
+            "early_stop.patience",
+            early_stop.patience,
+            early_stop.patience >= 0,
+            ">= 0 (0 turns early stopping off)",
+        ),
+        ("early_stop.min_delta", early_stop.min_delta, early_stop.min_delta >= 0, ">= 0"),
+        ("search.n_trials", search.n_trials, search.n_trials >= 1, ">= 1"),
+        ("search.epochs", search.epochs, search.epochs >= 1, ">= 1"),
+        ("search.data_fraction", search.data_fraction, 0.0 < search.data_fraction <= 1.0, "in (0, 1]"),
+        (
+            "search.pruner_warmup_epochs",
+            search.pruner_warmup_epochs,
+            search.pruner_warmup_epochs >= 0,
+            ">= 0",
+        ),
+        (
+            "search.pruner_startup_trials",
+            search.pruner_startup_trials,
+            search.pruner_startup_trials >= 0,
+            ">= 0",
+        ),
+        (
+            "search.sampler_startup_trials",
+            search.sampler_startup_trials,
+            search.sampler_startup_trials >= 0,
+            ">= 0",
+        ),
+        ("search.heartbeat_interval", search.heartbeat_interval, search.heartbeat_interval >= 1, ">= 1"),
         (
             "search.grace_period",
-            s.grace_period,
-            s.grace_period > s.heartbeat_interval,
-            f"> search.heartbeat_interval ({s.heartbeat_interval})",
+            search.grace_period,
+            search.grace_period > search.heartbeat_interval,
+            f"> search.heartbeat_interval ({search.heartbeat_interval})",
         ),
-        ("search.max_retry", s.max_retry, s.max_retry >= 0, ">= 0"),
+        ("search.max_retry", search.max_retry, search.max_retry >= 0, ">= 0"),
     ]
     errors = [f"{key} = {value!r}: must be {rule}" for key, value, ok, rule in rules if not ok]
     if errors:

@@ -12,13 +12,15 @@ import shutil
 from pathlib import Path
 
 from sideformer.config import load_config
+from sideformer.curves import write_training_curves
 from sideformer.data.metadata import load_metadata
 from sideformer.data.synth import write_synthetic_dataset
 from sideformer.errors import UserError
 from sideformer.metrics import format_iou_table
-from sideformer.predict import load_trained_model, predict
-from sideformer.report import write_training_curves
+from sideformer.predict import predict
+from sideformer.rundir import RunDir
 from sideformer.train import TrainResult, train
+from sideformer.trained_model import load_trained_model
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +46,7 @@ def run_demo(folder: Path, overrides: list[str]) -> int:
         log.info("writing %d + %d synthetic scenes to %s", DEMO_DATA["train"], DEMO_DATA["valid"], data)
         write_synthetic_dataset(data, **DEMO_DATA)
     if run.exists():
-        if not (run / "config.yaml").exists():
+        if not RunDir(run).config.exists():
             raise UserError(f"{run} exists and is not a sideformer run; choose another --output.")
         shutil.rmtree(run)  # the demo's own previous run
     config.data.path, config.output = str(data), str(run)
@@ -73,7 +75,7 @@ def format_pictures(curves: Path, overlays: list[Path]) -> str:
 
 
 def format_result(result: TrainResult, classes: list[str]) -> str:
-    best = result.best
+    best, run = result.best, RunDir(result.output)
     table = format_iou_table(
         classes,
         [best.val_per_class_iou[name] for name in classes],
@@ -86,11 +88,11 @@ def format_result(result: TrainResult, classes: list[str]) -> str:
         table,
         "",
         "outputs:",
-        f"  model (save_pretrained)   {result.output / 'final_ckpts/model'}",
-        f"  state_dict                {result.output / 'final_ckpts/best_model.pth'}",
-        f"  metrics                   {result.output / 'metrics.json'}",
-        f"  per-epoch log             {result.output / 'train_log.jsonl'}",
+        f"  model (save_pretrained)   {run.model}",
+        f"  state_dict                {run.best_state_dict}",
+        f"  metrics                   {run.metrics}",
+        f"  per-epoch log             {run.train_log}",
     ]
-    if (result.output / "wandb").is_dir():
-        lines.append(f"  W&B run files             {result.output / 'wandb'}  (`wandb sync` uploads them)")
+    if run.wandb.is_dir():
+        lines.append(f"  W&B run files             {run.wandb}  (`wandb sync` uploads them)")
     return "\n".join(lines)

@@ -7,7 +7,8 @@ visibility and NCCL tuning stay environment variables: nothing here overrides th
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -34,36 +35,67 @@ class DistEnv:
         return self.world_size > 1
 
 
-def setup(device_preference: str = "auto") -> DistEnv:
-    """Join the process group when WORLD_SIZE > 1 and pick this process's device."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
+def environment(device_preference: str = "auto") -> DistEnv:
+    """This process's rank, world size and device, from the environment; joins nothing."""
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = device_preference == "cuda" or (device_preference == "auto" and torch.cuda.is_available())
-    if use_cuda:
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
-    else:
-        device = torch.device("cpu")
-    if world_size > 1 and not dist.is_initialized():
+    return DistEnv(
+        rank=int(os.environ.get("RANK", "0")),
+        world_size=int(os.environ.get("WORLD_SIZE", "1")),
+        local_rank=local_rank,
+        device=torch.device("cuda", local_rank) if use_cuda else torch.device("cpu"),
+    )
+
+
+def single_process(device_preference: str = "auto") -> DistEnv:
+    """The environment of a process that runs alone; under torchrun, use `process_group` instead."""
+    env = environment(device_preference)
+    if env.is_distributed:
+        raise RuntimeError(
+            f"WORLD_SIZE={env.world_size}: enter `distributed.process_group()` and pass its environment"
+        )
+    if env.device.type == "cuda":
+        torch.cuda.set_device(env.device)
+    return env
+
+
+@contextmanager
+def process_group(device_preference: str = "auto") -> Iterator[DistEnv]:
+    """Join the process group when WORLD_SIZE > 1 and pick this process's device; leave the group on exit.
+
+    Entered once per command (the CLI's train, search, final, tune): everything below takes the
+    environment it yields and never sets up or tears down a group itself."""
+    env = environment(device_preference)
+    if env.device.type == "cuda":
+        torch.cuda.set_device(env.device)
+    joined = env.is_distributed and not dist.is_initialized()
+    if joined:
         timeout = timedelta(seconds=int(os.environ.get("SIDEFORMER_DIST_TIMEOUT", "1800")))
         dist.init_process_group(
-            backend="nccl" if use_cuda else "gloo",
+            backend="nccl" if env.device.type == "cuda" else "gloo",
             timeout=timeout,
-            device_id=device if use_cuda else None,
+            device_id=env.device if env.device.type == "cuda" else None,
         )
-    return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
-
-
-def cleanup() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    try:
+        yield env
+    finally:
+        if joined and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def all_reduce_sum(tensor: torch.Tensor, env: DistEnv) -> torch.Tensor:
     if env.is_distributed:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def gather_objects(obj: Any, env: DistEnv) -> list[Any]:
+    """`obj` from every rank, in rank order, on every rank."""
+    if not env.is_distributed:
+        return [obj]
+    box: list[Any] = [None] * env.world_size
+    dist.all_gather_object(box, obj)
+    return box
 
 
 def broadcast_object(obj: Any, env: DistEnv) -> Any:

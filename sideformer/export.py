@@ -29,7 +29,7 @@ from sideformer.atomic import atomic_path
 from sideformer.data.synth import draw_scene
 from sideformer.errors import UserError
 from sideformer.model import normalize
-from sideformer.predict import TrainedModel, load_trained_model
+from sideformer.trained_model import TrainedModel, load_trained_model
 
 Exporter = Literal["torchscript", "dynamo"]
 INPUT, OUTPUT = "image", "logits"
@@ -56,7 +56,7 @@ class ExportCheck:
 
 
 @dataclass
-class ExportReport:
+class ExportResult:
     path: Path
     exporter: Exporter
     opset: int
@@ -82,29 +82,20 @@ def export_onnx(
     atol: float = 1e-3,
     exporter: Exporter = "torchscript",
     opset: int | None = None,
-) -> ExportReport:
+) -> ExportResult:
     """Export `model` (a run or model folder) to `onnx_path`, check it with onnxruntime, then move it
     into place. Raises UserError when onnx/onnxruntime are missing or the check fails."""
-    try:
-        import onnx
-        import onnxruntime
-    except ImportError as exc:
-        raise UserError(
-            f"ONNX export needs onnx and onnxruntime ({exc}); install them: pip install 'sideformer[export]'"
-        ) from None
-    if exporter == "dynamo":
-        try:
-            import onnxscript  # noqa: F401
-        except ImportError:
-            raise UserError("--exporter dynamo needs onnxscript: pip install 'sideformer[export]'.") from None
-    tm = (
+    _require_onnx(exporter)
+    import onnx
+
+    trained = (
         model
         if isinstance(model, TrainedModel)
         else load_trained_model(model, device="cpu", precision="fp32")
     )
     # eval() on the wrapper too: the exporter restores the wrapper's mode, and with it its children's.
-    wrapped = PixelsToLogits(tm.model.float().cpu()).eval()
-    base = size or tm.base_size
+    wrapped = PixelsToLogits(trained.model.float().cpu()).eval()
+    base = size or trained.base_size
     if base < 32:
         raise UserError(f"--size {base}: must be >= 32 pixels.")
     opset = opset or (18 if exporter == "dynamo" else DEFAULT_OPSET)
@@ -119,45 +110,69 @@ def export_onnx(
         _run_exporter(wrapped, inputs[-1], tmp, exporter, opset)
         graph = onnx.load(str(tmp))
         onnx.checker.check_model(graph)
-        metadata = {
-            "classes": json.dumps(tm.classes),
-            "palette": json.dumps([list(c) for c in tm.palette]),
-            "ignore_index": str(tm.ignore_index),
-            "base_size": str(tm.base_size),
-            "input": f"{INPUT}: float32 N x 3 x H x W, RGB 0..255 (normalised inside the graph)",
-            "output": f"{OUTPUT}: float32 N x {len(tm.classes)} x H/4 x W/4 (rounded up); upsample, argmax",
-            "source": str(tm.folder),
-        }
         del graph.metadata_props[:]
-        for key, value in metadata.items():
+        for key, value in _metadata(trained).items():
             graph.metadata_props.add(key=key, value=value)
         onnx.save(graph, str(tmp))
-
-        session = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
-        report = ExportReport(onnx_path, exporter, opset, atol, 0.0)
-        with torch.no_grad():
-            for batch in inputs:
-                expected = wrapped(batch).numpy()
-                got = session.run([OUTPUT], {INPUT: batch.numpy()})[0]
-                if got.shape != expected.shape:
-                    raise UserError(
-                        f"ONNX export gives logits of shape {got.shape}, PyTorch {expected.shape}."
-                    )
-                report.checks.append(
-                    ExportCheck(
-                        tuple(batch.shape),
-                        float(np.abs(got - expected).max()),
-                        float((got.argmax(1) == expected.argmax(1)).mean()),
-                    )
-                )
-        report.seconds = time.perf_counter() - started
-        if report.max_abs_diff > atol:
+        result = ExportResult(onnx_path, exporter, opset, atol, 0.0, _compare(wrapped, tmp, inputs))
+        result.seconds = time.perf_counter() - started
+        if result.max_abs_diff > atol:
             other = "dynamo" if exporter == "torchscript" else "torchscript"
             raise UserError(
-                f"ONNX export differs from PyTorch by {report.max_abs_diff:.3g} (> --atol {atol:g}); "
+                f"ONNX export differs from PyTorch by {result.max_abs_diff:.3g} (> --atol {atol:g}); "
                 f"{onnx_path} was not written. Try --exporter {other}."
             )
-    return report
+    return result
+
+
+def _require_onnx(exporter: Exporter) -> None:
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError as exc:
+        raise UserError(
+            f"ONNX export needs onnx and onnxruntime ({exc}); install them: pip install 'sideformer[export]'"
+        ) from None
+    if exporter == "dynamo":
+        try:
+            import onnxscript  # noqa: F401
+        except ImportError:
+            raise UserError("--exporter dynamo needs onnxscript: pip install 'sideformer[export]'.") from None
+
+
+def _metadata(trained: TrainedModel) -> dict[str, str]:
+    """What an app needs besides the graph, in the file's metadata_props."""
+    return {
+        "classes": json.dumps(trained.classes),
+        "palette": json.dumps([list(c) for c in trained.palette]),
+        "ignore_index": str(trained.ignore_index),
+        "base_size": str(trained.base_size),
+        "input": f"{INPUT}: float32 N x 3 x H x W, RGB 0..255 (normalised inside the graph)",
+        "output": f"{OUTPUT}: float32 N x {len(trained.classes)} x H/4 x W/4 (rounded up); upsample, argmax",
+        "source": str(trained.folder),
+    }
+
+
+def _compare(wrapped: torch.nn.Module, path: Path, inputs: list[torch.Tensor]) -> list[ExportCheck]:
+    """Run the ONNX file with onnxruntime on each input and compare with the PyTorch logits."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    checks = []
+    with torch.no_grad():
+        for batch in inputs:
+            expected = wrapped(batch).numpy()
+            got = session.run([OUTPUT], {INPUT: batch.numpy()})[0]
+            if got.shape != expected.shape:
+                raise UserError(f"ONNX export gives logits of shape {got.shape}, PyTorch {expected.shape}.")
+            checks.append(
+                ExportCheck(
+                    tuple(batch.shape),
+                    float(np.abs(got - expected).max()),
+                    float((got.argmax(1) == expected.argmax(1)).mean()),
+                )
+            )
+    return checks
 
 
 def _scene_batch(batch: int, height: int, width: int, seed: int) -> torch.Tensor:
@@ -195,18 +210,18 @@ def _run_exporter(
         )
 
 
-def format_export(report: ExportReport) -> str:
-    size_mb = os.path.getsize(report.path) / 1e6
+def format_export(result: ExportResult) -> str:
+    size_mb = os.path.getsize(result.path) / 1e6
     lines = [
-        f"wrote {report.path} ({size_mb:.1f} MB, {report.exporter} exporter, opset {report.opset}, "
-        f"{report.seconds:.1f}s)",
+        f"wrote {result.path} ({size_mb:.1f} MB, {result.exporter} exporter, opset {result.opset}, "
+        f"{result.seconds:.1f}s)",
         "checked with onnxruntime against PyTorch:",
     ]
-    for c in report.checks:
+    for c in result.checks:
         shape = "x".join(str(d) for d in c.shape)
         lines.append(
             f"  input {shape}: max abs logit difference {c.max_abs_diff:.2e}, same class at "
             f"{c.argmax_agreement:.2%} of positions"
         )
-    lines.append(f"max abs difference {report.max_abs_diff:.2e} (tolerance {report.atol:g})")
+    lines.append(f"max abs difference {result.max_abs_diff:.2e} (tolerance {result.atol:g})")
     return "\n".join(lines)

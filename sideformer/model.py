@@ -9,7 +9,7 @@ from transformers import SegformerConfig, SegformerForSemanticSegmentation
 from transformers.models.segformer.modeling_segformer import SegformerDecodeHead
 
 from sideformer.config import ModelConfig
-from sideformer.errors import UserError
+from sideformer.errors import UserError, first_line
 
 # MiT encoder sizes from the SegFormer paper (Table 6); heads, strides and sr ratios are shared.
 VARIANT_ARCH: dict[str, dict[str, Any]] = {
@@ -49,7 +49,7 @@ def _build_model(
             )
         except (OSError, ValueError) as exc:
             raise UserError(
-                f"model.pretrained={config.pretrained!r}: cannot load weights ({str(exc).splitlines()[0]}). "
+                f"model.pretrained={config.pretrained!r}: cannot load weights ({first_line(exc)}). "
                 f"Give a local directory (e.g. a mounted HF cache), check HF_HUB_OFFLINE/network access, "
                 f"or set model.pretrained=null and model.variant=b0..b5 for random weights."
             ) from None
@@ -79,6 +79,31 @@ def upsample_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor
     # so converting the small 1/4-size logits is cheaper than converting the full-size ones.
     logits = logits.contiguous()
     return torch.nn.functional.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+
+def training_loss(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    ignore_index: int,
+    autocast_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+    reduction: str = "mean",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cross-entropy, float32 logits at the masks' size) for uint8 `images` N x 3 x H x W and class-id
+    `masks` N x H x W, both on the model's device: the one forward + loss of training, validation
+    (`reduction="sum"`, to average over all pixels of all ranks) and the benchmarks."""
+    pixels = normalize(images)
+    if channels_last:
+        pixels = pixels.contiguous(memory_format=torch.channels_last)
+    # Autocast covers the forward only: the upsampling and the loss run in float32.
+    with torch.autocast(
+        pixels.device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
+    ):
+        logits = model(pixel_values=pixels).logits
+    logits = upsample_logits(logits.float(), masks.shape[-2:])
+    loss = torch.nn.functional.cross_entropy(logits, masks, ignore_index=ignore_index, reduction=reduction)
+    return loss, logits
 
 
 class FoldedDecodeHead(SegformerDecodeHead):

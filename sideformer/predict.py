@@ -16,7 +16,6 @@ Outputs under OUT, mirroring the input's folder structure:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -28,148 +27,24 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-import yaml
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
-from transformers import SegformerForSemanticSegmentation
-from transformers.utils import logging as hf_logging
 
 from sideformer.atomic import atomic_write_bytes
-from sideformer.data.classes import CLASS_NAMES, PALETTE
 from sideformer.data.dataset import worker_init
 from sideformer.data.transforms import resize_image, short_side_size
 from sideformer.errors import UserError
-from sideformer.model import autocast_dtype, fold_decode_head, normalize, upsample_logits
+from sideformer.model import normalize, upsample_logits
 from sideformer.plots import overlay
+from sideformer.trained_model import TrainedModel
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
-DEFAULT_BASE_SIZE = 512  # SegFormer's ADE20K / Cityscapes-style default, for models saved without one
 
 Size = int | tuple[int, int]
 """An int resizes the shorter side to it (keeping the aspect ratio); (height, width) resizes exactly."""
-
-
-@dataclass
-class TrainedModel:
-    model: SegformerForSemanticSegmentation
-    folder: Path
-    classes: list[str]
-    palette: list[tuple[int, int, int]]
-    ignore_index: int
-    base_size: int
-    """Short side validation resized images to; the default inference size."""
-    eval_batch_size: int
-    device: torch.device
-    autocast_dtype: torch.dtype | None
-
-
-# --- loading ---------------------------------------------------------------------------------------
-
-
-def resolve_model_dir(path: str | Path) -> Path:
-    """A model folder (config.json inside) or a run folder (final_ckpts/model inside)."""
-    path = Path(path)
-    for candidate in (path, path / "final_ckpts" / "model"):
-        if (candidate / "config.json").is_file():
-            return candidate
-    if (path / "temp_ckpts").is_dir():
-        raise UserError(f"--model {path}: this run has not finished (no final_ckpts/model yet).")
-    raise UserError(
-        f"--model {path}: not a trained model. Give a run folder (the --output of `sideformer train`, "
-        f"holding final_ckpts/model/) or a save_pretrained() folder holding config.json."
-    )
-
-
-def pick_device(preference: str = "auto") -> torch.device:
-    if preference == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA GPU is visible to this process; use --device cpu or auto.")
-    return torch.device("cuda" if preference in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
-
-
-def load_trained_model(path: str | Path, device: str = "auto", precision: str = "auto") -> TrainedModel:
-    """The model in eval mode on `device`, with the classes, palette and sizes its training used."""
-    folder = resolve_model_dir(path)
-    hf_logging.disable_progress_bar()
-    try:
-        model = SegformerForSemanticSegmentation.from_pretrained(folder)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{folder}: cannot load the model ({str(exc).splitlines()[0]}).") from None
-    extra = _read_json(folder / "sideformer.json")
-    id2label = model.config.id2label
-    classes = extra.get("classes") or [id2label[i] for i in range(len(id2label))]
-    if len(classes) != model.config.num_labels:
-        raise UserError(
-            f"{folder / 'sideformer.json'}: lists {len(classes)} classes but the model predicts "
-            f"{model.config.num_labels}; the folder mixes two models."
-        )
-    run_config = _run_config(folder)
-    base_size = extra.get("base_size") or _base_size_from(run_config)
-    if base_size is None:
-        log.info(
-            "%s: no training image size recorded; using %d (pass --size to change)", folder, DEFAULT_BASE_SIZE
-        )
-        base_size = DEFAULT_BASE_SIZE
-    train_cfg = run_config.get("train", {}) if run_config else {}
-    eval_batch = (
-        extra.get("eval_batch_size") or train_cfg.get("eval_batch_size") or train_cfg.get("batch_size") or 8
-    )
-    dev = pick_device(device)
-    palette = [(int(r), int(g), int(b)) for r, g, b in extra["palette"]] if extra.get("palette") else None
-    return TrainedModel(
-        model=fold_decode_head(model).to(dev).eval(),  # the same outputs, computed in a cheaper order
-        folder=folder,
-        classes=list(classes),
-        palette=palette or default_palette(classes),
-        ignore_index=int(extra.get("ignore_index", model.config.semantic_loss_ignore_index)),
-        base_size=int(base_size),
-        eval_batch_size=int(eval_batch),
-        device=dev,
-        autocast_dtype=autocast_dtype(precision, dev),
-    )
-
-
-def default_palette(classes: Sequence[str]) -> list[tuple[int, int, int]]:
-    """SideGuide colours for SideGuide class names; golden-angle hues for any other class."""
-    if list(classes) == CLASS_NAMES:
-        return list(PALETTE)
-    known = dict(zip(CLASS_NAMES, PALETTE, strict=True))
-    colours = []
-    for i, name in enumerate(classes):
-        if name in known:
-            colours.append(known[name])
-            continue
-        hue = int(i * 137.508 / 2) % 180  # golden-angle hues (OpenCV hue is 0..180)
-        hsv = np.uint8([[[hue, 200, 230 if i % 2 else 170]]])
-        colours.append(tuple(int(v) for v in cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0]))
-    return colours  # type: ignore[return-value]
-
-
-def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{path}: unreadable ({exc}); delete it or restore it from the run.") from None
-
-
-def _run_config(model_dir: Path) -> dict:
-    """config.yaml of the run that saved `model_dir` (RUN/final_ckpts/model), if it is there."""
-    path = model_dir.parent.parent / "config.yaml"
-    if model_dir.parent.name != "final_ckpts" or not path.is_file():
-        return {}
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError):
-        return {}
-
-
-def _base_size_from(run_config: dict) -> int | None:
-    data = run_config.get("data") or {}
-    return data.get("base_size") or (min(data["crop_size"]) if data.get("crop_size") else None)
 
 
 # --- inference -------------------------------------------------------------------------------------
@@ -182,25 +57,31 @@ def inference_size(height: int, width: int, size: Size) -> tuple[int, int]:
 
 
 @torch.no_grad()
-def segment(tm: TrainedModel, images: Sequence[np.ndarray], size: Size | None = None) -> list[np.ndarray]:
+def segment(
+    trained: TrainedModel, images: Sequence[np.ndarray], size: Size | None = None
+) -> list[np.ndarray]:
     """Class-id masks (uint8, each image's own size) for RGB uint8 images that share one shape."""
-    size = size or tm.base_size
+    size = size or trained.base_size
     height, width = images[0].shape[:2]
     target = inference_size(height, width, size)
     batch = np.stack([resize_image(image, *target) for image in images])
-    return _segment_resized(tm, torch.from_numpy(batch).permute(0, 3, 1, 2), [(height, width)] * len(images))
+    return _segment_resized(
+        trained, torch.from_numpy(batch).permute(0, 3, 1, 2), [(height, width)] * len(images)
+    )
 
 
 @torch.no_grad()
 def _segment_resized(
-    tm: TrainedModel, batch: torch.Tensor, sizes: Sequence[tuple[int, int]]
+    trained: TrainedModel, batch: torch.Tensor, sizes: Sequence[tuple[int, int]]
 ) -> list[np.ndarray]:
     """`batch`: uint8 N x 3 x h x w already at inference size; `sizes`: each image's original size."""
-    pixels = normalize(batch.to(tm.device, non_blocking=True))
+    pixels = normalize(batch.to(trained.device, non_blocking=True))
     with torch.autocast(
-        tm.device.type, dtype=tm.autocast_dtype or torch.float32, enabled=bool(tm.autocast_dtype)
+        trained.device.type,
+        dtype=trained.autocast_dtype or torch.float32,
+        enabled=bool(trained.autocast_dtype),
     ):
-        logits = tm.model(pixel_values=pixels).logits
+        logits = trained.model(pixel_values=pixels).logits
     masks = []
     for i, size in enumerate(sizes):  # one at a time: full-size logits of a batch can be large
         full = upsample_logits(logits[i : i + 1].float(), size)
@@ -270,7 +151,7 @@ class _ImageFiles(Dataset):
 
 
 def predict(
-    tm: TrainedModel,
+    trained: TrainedModel,
     inputs: str | Path,
     out: str | Path,
     size: Size | None = None,
@@ -297,14 +178,16 @@ def predict(
     if limit is not None:
         images = images[:limit]
     names = _output_names(root, images)
-    size = size or tm.base_size
+    size = size or trained.base_size
     summary = PredictSummary(out=out)
     started = time.perf_counter()
     if images:
-        _predict_images(tm, names, images, out, size, batch_size, workers, masks, overlays, alpha, summary)
+        _predict_images(
+            trained, names, images, out, size, batch_size, workers, masks, overlays, alpha, summary
+        )
     for video in videos:
-        _predict_video(tm, root, video, out, size, batch_size, masks, overlays, alpha, summary)
-    if tm.device.type == "cuda":
+        _predict_video(trained, root, video, out, size, batch_size, masks, overlays, alpha, summary)
+    if trained.device.type == "cuda":
         torch.cuda.synchronize()
     summary.seconds = time.perf_counter() - started
     if summary.images == 0 and summary.frames == 0:
@@ -343,7 +226,7 @@ def _output_names(root: Path, paths: Sequence[Path]) -> list[str]:
 
 
 def _predict_images(
-    tm: TrainedModel,
+    trained: TrainedModel,
     names: Sequence[str],
     paths: Sequence[Path],
     out: Path,
@@ -366,7 +249,7 @@ def _predict_images(
     with progress:
         for batch in _batches(loader, batch_size, summary, paths):
             sizes = [tuple(original.shape[:2]) for _, original, _ in batch]
-            results = _segment_resized(tm, torch.stack([t for t, _, _ in batch]), sizes)
+            results = _segment_resized(trained, torch.stack([t for t, _, _ in batch]), sizes)
             for (_, original, index), mask in zip(batch, results, strict=True):
                 relative = names[index]
                 if masks:
@@ -375,7 +258,7 @@ def _predict_images(
                     rgb = original.numpy()
                     target = out / "overlays" / f"{relative}.jpg"
                     _write_image(
-                        target, cv2.cvtColor(overlay(rgb, mask, tm.palette, alpha), cv2.COLOR_RGB2BGR)
+                        target, cv2.cvtColor(overlay(rgb, mask, trained.palette, alpha), cv2.COLOR_RGB2BGR)
                     )
                     summary.outputs.append(target)
             summary.images += len(batch)
@@ -384,7 +267,7 @@ def _predict_images(
 
 
 def _predict_video(
-    tm: TrainedModel,
+    trained: TrainedModel,
     root: Path,
     path: Path,
     out: Path,
@@ -419,7 +302,7 @@ def _predict_video(
                     frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
                 if not frames:
                     break
-                for rgb, mask in zip(frames, segment(tm, frames, size), strict=True):
+                for rgb, mask in zip(frames, segment(trained, frames, size), strict=True):
                     if masks:
                         _write_image(out / "masks" / relative / f"{frame_index:06d}.png", mask)
                     if overlays:
@@ -433,7 +316,9 @@ def _predict_video(
                                 raise UserError(
                                     f"{target}: this OpenCV build cannot write MP4 video; pass --no-overlays."
                                 )
-                        writer.write(cv2.cvtColor(overlay(rgb, mask, tm.palette, alpha), cv2.COLOR_RGB2BGR))
+                        writer.write(
+                            cv2.cvtColor(overlay(rgb, mask, trained.palette, alpha), cv2.COLOR_RGB2BGR)
+                        )
                     frame_index += 1
                 progress.update(len(frames))
         complete = True

@@ -14,6 +14,7 @@ from typing import Any
 
 from sideformer.atomic import atomic_write_text
 from sideformer.config import WandbConfig
+from sideformer.errors import first_line
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +63,7 @@ class WandbRun:
                 settings=wandb.Settings(silent=True, console="off"),
             )
         except Exception as exc:  # wandb raises many types; none of them should stop training
-            log.warning(
-                "W&B disabled for this run: %s", str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            )
+            log.warning("W&B disabled for this run: %s", first_line(exc))
             self._run = None
 
     def log(self, metrics: dict[str, Any], step: int) -> None:

@@ -1,18 +1,14 @@
-"""The training loop: `train(config, report=...)` -> TrainResult.
+"""The training loop: `train(config, on_epoch=...)` -> TrainResult.
 
-One process or many (torchrun / the Training Operator set the environment). Rank 0 alone touches the
-output folder; whatever it reads (checkpoints, data check results) it broadcasts to the other ranks.
-Output layout under `config.output`:
+One process or many (torchrun / the Training Operator set the environment; the command that calls
+`train` owns the process group and passes its `DistEnv`). Rank 0 alone touches the run folder
+(`rundir.RunDir`); whatever it reads (checkpoints, data check results) it broadcasts to the other ranks.
 
-    config.yaml              the resolved configuration
-    train_log.jsonl          one JSON object per epoch
-    temp_ckpts/last.pth      everything needed to resume (removed at the end unless kept)
-    temp_ckpts/best.pth      the best weights so far
-    final_ckpts/best_model.pth   plain state_dict of the best epoch
-    final_ckpts/model/       save_pretrained() of the best epoch, with id2label
-    metrics.json             best epoch, its metrics and per-class IoU
+`train` reads top to bottom: build the loaders (`train_data`), build the model and optimizer, resume
+(`train_state`), then one `run_epoch` + `save_epoch` per epoch, then `finish` (test split,
+final_ckpts/, metrics.json).
 
-`report(epoch_metrics) -> bool` is called on rank 0 after every validation; True stops the run
+`on_epoch(epoch_metrics) -> bool` is called on rank 0 after every validation; True stops the run
 (hyperparameter search prunes through it). Training itself knows nothing of Optuna.
 """
 
@@ -22,14 +18,13 @@ import copy
 import json
 import logging
 import math
-import os
 import random
 import shutil
 import time
 import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,7 +32,7 @@ import numpy as np
 import torch
 import yaml
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_polynomial_decay_schedule_with_warmup
 
@@ -45,39 +40,22 @@ from sideformer import distributed
 from sideformer.atomic import atomic_write_json, atomic_write_text
 from sideformer.checkpoint import load_checkpoint, save_checkpoint
 from sideformer.config import Config
-from sideformer.data.check import check_dataset, format_report
-from sideformer.data.dataset import SegmentationDataset, default_workers, pad_collate, worker_init
-from sideformer.data.metadata import DatasetMeta, Sample, load_metadata
-from sideformer.data.preresize import default_cache_dir, preresize_samples
-from sideformer.data.transforms import TrainTransform
+from sideformer.data.metadata import DatasetMeta
 from sideformer.distributed import DistEnv
-from sideformer.errors import UserError
-from sideformer.evaluation import EvalResult, eval_loader, evaluate
+from sideformer.errors import Stopped, UserError
 from sideformer.model import autocast_dtype as model_autocast_dtype
-from sideformer.model import build_model, normalize, upsample_logits
+from sideformer.model import build_model, training_loss
+from sideformer.rundir import RunDir
+from sideformer.step_checkpoints import StepCheckpoints
 from sideformer.tracking import JsonLinesLog, WandbRun
+from sideformer.train_data import Loaders, build_loaders, load_checked_dataset
+from sideformer.train_state import EarlyStopping, EpochMetrics, EpochProgress, Start, TrainState, choose_start
+from sideformer.trained_model import save_trained_model
+from sideformer.validation import EvalResult, eval_loader, evaluate
 
 log = logging.getLogger(__name__)
 
-LAST, BEST = "temp_ckpts/last.pth", "temp_ckpts/best.pth"
-
-
-@dataclass
-class EpochMetrics:
-    epoch: int  # 1-based: the number of epochs completed
-    train_loss: float
-    val_loss: float
-    val_miou: float
-    val_pixel_accuracy: float
-    val_per_class_iou: dict[str, float]
-    lr: float
-    images_per_second: float
-    """Training images per second over all ranks, data loading included, validation excluded."""
-    seconds: float
-    """Wall time of the epoch, validation included."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+StopReason = Literal["completed", "early_stopped", "reported"]
 
 
 @dataclass
@@ -85,133 +63,174 @@ class TrainResult:
     output: Path
     best: EpochMetrics
     history: list[EpochMetrics] = field(default_factory=list)
-    stop_reason: Literal["completed", "early_stopped", "reported"] = "completed"
+    stop_reason: StopReason = "completed"
     model: torch.nn.Module | None = None
     """The module as training left it (last epoch; identical on every rank). The best weights are on disk."""
 
 
-Report = Callable[[EpochMetrics], bool]
+EpochCallback = Callable[[EpochMetrics], bool]
+"""Called on rank 0 after each validation; True stops the run (stop_reason "reported")."""
 
 
-class EarlyStopping:
-    """Counts epochs without an improvement of at least `min_delta`; patience 0 never stops."""
+@dataclass
+class ModelAndOptimizer:
+    model: torch.nn.Module
+    """The bare module: what is saved, validated and returned."""
+    ddp_model: torch.nn.Module
+    """DistributedDataParallel around `model` when several processes train, else `model` itself."""
+    forward: Callable[..., Any]
+    """What the training step calls: `ddp_model`, compiled when train.compile is set."""
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    autocast_dtype: torch.dtype | None
+    steps_per_epoch: int
 
-    def __init__(self, monitor: str, patience: int, min_delta: float) -> None:
-        self.monitor, self.patience, self.min_delta = monitor, patience, min_delta
-        self.sign = 1.0 if monitor == "val_miou" else -1.0  # maximise mIoU, minimise loss
-        self.best = -math.inf
-        self.best_epoch = 0
-        self.bad_epochs = 0
 
-    def step(self, metrics: EpochMetrics) -> bool:
-        """Record an epoch; True when it is the best so far."""
-        value = self.sign * getattr(metrics, self.monitor)
-        if value > self.best + self.min_delta or self.best_epoch == 0:
-            self.best, self.best_epoch, self.bad_epochs = value, metrics.epoch, 0
-            return True
-        self.bad_epochs += 1
-        return False
-
-    @property
-    def should_stop(self) -> bool:
-        return self.patience > 0 and self.bad_epochs >= self.patience
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.best, self.best_epoch, self.bad_epochs = state["best"], state["best_epoch"], state["bad_epochs"]
+# --- the loop ---------------------------------------------------------------------------------------
 
 
 def train(
-    config: Config, report: Report | None = None, resume: bool = False, env: DistEnv | None = None
+    config: Config, on_epoch: EpochCallback | None = None, resume: bool = False, env: DistEnv | None = None
 ) -> TrainResult:
-    """Train, validate every epoch, keep the best weights. Joins (and leaves) the process group itself
-    unless the caller passes an `env` it set up."""
-    own_group = env is None
-    env = env or distributed.setup(config.train.device)
-    try:
-        return _train(config, env, report, resume)
-    finally:
-        if own_group:
-            distributed.cleanup()
+    """Train, validate every epoch, keep the best weights. `env` comes from the caller's
+    `distributed.process_group()`; without one, this process trains alone."""
+    env = env or distributed.single_process(config.train.device)
+    run = RunDir(config.output)
+    seed_everything(config.train.seed)
+    meta = distributed.on_main(env, lambda: load_checked_dataset(config))
+    start = distributed.on_main(env, lambda: choose_start(run, resume))
+    if start is Start.FINISHED:
+        return _finished_result(run)
+    loaders = build_loaders(config, meta, env)
+    parts = build_model_and_optimizer(config, meta, loaders.train, env)
+    state = TrainState(
+        parts.model,
+        parts.optimizer,
+        parts.scheduler,
+        EarlyStopping(config.early_stop.monitor, config.early_stop.patience, config.early_stop.min_delta),
+    )
+    if start is Start.RESUME:
+        _resume(state, run, distributed.on_main(env, lambda: load_checkpoint(run.last)))
+
+    jsonl = JsonLinesLog(run.train_log)
+    wandb_run = WandbRun(config.wandb, config.to_dict(), run.root) if env.is_main else None
+    if env.is_main:
+        atomic_write_text(run.config, yaml.safe_dump(config.to_dict(), sort_keys=False))
+        jsonl.rewrite([h.to_dict() for h in state.history])
+        log.info(_start_line(config, loaders, parts, env))
+
+    stop_reason: StopReason = "completed"
+    # Agreeing on a step checkpoint costs the ranks a host sync: once per log_every steps, not each step.
+    step_checkpoints = StepCheckpoints(
+        config.checkpoint.every_minutes, env, config.train.log_every if env.is_distributed else 1
+    )
+    # The CPU depthwise-conv backward returns channels-last grads for the MixFFN weights; DDP copies
+    # them into its buckets and warns every step. The copy is a few KB per block: not worth the noise.
+    with warnings.catch_warnings(), step_checkpoints:
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+        for epoch in range(state.epochs_done, config.train.epochs):
+            metrics = run_epoch(epoch, config, loaders, parts, env, state, step_checkpoints, run)
+            state.history.append(metrics)
+            state.early.update(metrics)  # same all-reduced numbers on every rank -> same decision
+            is_best = config.checkpoint.select == "last" or state.early.best_epoch == metrics.epoch
+            if env.is_main:
+                assert wandb_run is not None
+                save_epoch(run, state, metrics, is_best, jsonl, wandb_run, config.train.epochs)
+            if step_checkpoints.due(0) and step_checkpoints.stop_requested:  # SIGTERM after its last step
+                distributed.barrier(env)
+                raise Stopped(
+                    f"stopped by SIGTERM after epoch {metrics.epoch}, saved in {run.last}; run the same "
+                    f"command with --resume to continue from there."
+                )
+            stop = _stop_reason(metrics, state.early, on_epoch, env)
+            if stop is not None:
+                stop_reason = stop
+                break
+
+    best = state.best_metrics(config.checkpoint.select)
+    if env.is_main:
+        assert wandb_run is not None
+        finish(run, config, loaders, parts, state, stop_reason, env, wandb_run)
+    distributed.barrier(env)
+    return TrainResult(run.root, best, state.history, stop_reason, model=parts.model)
 
 
-def _train(config: Config, env: DistEnv, report: Report | None, resume: bool) -> TrainResult:
-    output = Path(config.output)
-    torch.manual_seed(config.train.seed)
-    random.seed(config.train.seed)
-    np.random.seed(config.train.seed)
+def _stop_reason(
+    metrics: EpochMetrics, early: EarlyStopping, on_epoch: EpochCallback | None, env: DistEnv
+) -> StopReason | None:
+    """Why the run stops after this epoch, or None; the same answer on every rank."""
+    stop_requested = bool(on_epoch(metrics)) if (on_epoch is not None and env.is_main) else False
+    if distributed.broadcast_object(stop_requested, env):
+        return "reported"
+    if early.should_stop:
+        if env.is_main:
+            log.info("early stopping: %s has not improved for %d epoch(s)", early.monitor, early.patience)
+        return "early_stopped"
+    return None
 
-    # --- data: checked on rank 0 before anything else starts -------------------------------------
-    meta = distributed.on_main(env, lambda: _load_checked_dataset(config))
-    base_size = config.data.base_size or min(config.data.crop_size)
-    train_samples = _train_subset(meta, config)
-    if config.data.preresize:
-        train_samples = _preresized(train_samples, meta, config, env)
-    train_set = SegmentationDataset(
-        train_samples,
-        meta.palette,
-        TrainTransform(
-            crop_size=(config.data.crop_size[0], config.data.crop_size[1]),
-            base_size=base_size,
-            scale_range=(config.data.scale_range[0], config.data.scale_range[1]),
-            hflip=config.data.hflip,
-            color_jitter=config.data.color_jitter,
-            ignore_index=meta.ignore_index,
-        ),
-    )
-    sampler = (
-        DistributedSampler(train_set, env.world_size, env.rank, shuffle=True, seed=config.train.seed)
-        if env.is_distributed
-        else RandomSampler(train_set, generator=torch.Generator().manual_seed(config.train.seed))
-    )
-    workers = config.data.num_workers
-    if workers is None:
-        workers = default_workers(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    train_loader = DataLoader(
-        train_set,
-        batch_size=config.train.batch_size,
-        sampler=sampler,
-        num_workers=workers,
-        collate_fn=pad_collate(meta.ignore_index),
-        pin_memory=env.device.type == "cuda",
-        drop_last=len(train_set) > config.train.batch_size * env.world_size,  # no size-1 BatchNorm batches
-        worker_init_fn=worker_init,
-        persistent_workers=workers > 0,
-    )
-    val_loader = eval_loader(
-        meta,
-        config.data.eval_split,
-        base_size,
-        config.train.eval_batch_size or config.train.batch_size,
-        workers,
-        env,
-    )
 
-    # --- model, optimizer, schedule -------------------------------------------------------------------
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+# --- build the model and optimizer --------------------------------------------------------------------
+
+
+def build_model_and_optimizer(
+    config: Config, meta: DatasetMeta, loader: DataLoader, env: DistEnv
+) -> ModelAndOptimizer:
     model = build_model(config.model, meta.id2label, meta.ignore_index).to(env.device)
     if config.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if env.is_distributed and env.device.type == "cuda":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # the decode head's BatchNorm
-    # The CPU depthwise-conv backward returns channels-last grads for the MixFFN weights; DDP copies
-    # them into its buckets and warns every step. The copy is a few KB per block: not worth the noise.
-    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
     ddp_model = (
         DistributedDataParallel(model, device_ids=[env.local_rank] if env.device.type == "cuda" else None)
         if env.is_distributed
         else model
     )
     # fused AdamW: one kernel over all parameters; on CPU too (about 4x cheaper than the per-tensor loop).
-    optimizer = _build_optimizer(
+    optimizer = build_optimizer(
         model, config, fused=config.optim.fused and env.device.type in ("cuda", "cpu")
     )
+    steps_per_epoch = math.ceil(len(loader) / config.train.grad_accum)
+    scheduler = build_scheduler(optimizer, config, steps_per_epoch * config.train.epochs, env)
+    autocast_dtype = model_autocast_dtype(config.train.precision, env.device)
+    if autocast_dtype is not None and env.device.type == "cpu" and env.is_main and not _native_cpu_bf16():
+        log.warning(
+            "train.precision=bf16 on a CPU without native bf16 (AVX512-BF16/AMX): expect a slower step than "
+            "fp32 (about 4x for b0 on an AVX2 CPU); train.precision=auto keeps CPUs at fp32"
+        )
     # Compiled for the training forward only: validation runs the bare module at other image sizes.
     forward = torch.compile(ddp_model, mode=config.train.compile_mode) if config.train.compile else ddp_model
-    cuda_graphs = config.train.compile and config.train.compile_mode == "reduce-overhead"
-    steps_per_epoch = math.ceil(len(train_loader) / config.train.grad_accum)
-    total_steps = steps_per_epoch * config.train.epochs
+    return ModelAndOptimizer(model, ddp_model, forward, optimizer, scheduler, autocast_dtype, steps_per_epoch)
+
+
+def build_optimizer(model: torch.nn.Module, config: Config, fused: bool = False) -> torch.optim.AdamW:
+    """AdamW; the decode head learns head_lr_mult times faster; norms and biases get no weight decay."""
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            groups.setdefault((name.startswith("decode_head."), param.ndim <= 1), []).append(param)
+    optim = config.optim
+    param_groups = [
+        {
+            "params": params,
+            "lr": optim.lr * (optim.head_lr_mult if is_head else 1.0),
+            "weight_decay": 0.0 if no_decay else optim.weight_decay,
+        }
+        for (is_head, no_decay), params in sorted(groups.items())
+    ]
+    betas = (optim.betas[0], optim.betas[1])
+    return torch.optim.AdamW(param_groups, lr=optim.lr, betas=betas, fused=fused or None)
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, config: Config, total_steps: int, env: DistEnv
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """Linear warmup, then polynomial decay to 0 over the run's optimizer steps."""
     warmup_steps = min(config.optim.warmup_steps, total_steps - 1)  # the schedule needs one decay step
     if warmup_steps < config.optim.warmup_steps and env.is_main:
         log.warning(
@@ -220,245 +239,9 @@ def _train(config: Config, env: DistEnv, report: Report | None, resume: bool) ->
             total_steps,
             warmup_steps,
         )
-    scheduler = get_polynomial_decay_schedule_with_warmup(
+    return get_polynomial_decay_schedule_with_warmup(
         optimizer, warmup_steps, total_steps, lr_end=0.0, power=config.optim.poly_power
     )
-    autocast_dtype = model_autocast_dtype(config.train.precision, env.device)
-    if autocast_dtype is not None and env.device.type == "cpu" and env.is_main and not _native_cpu_bf16():
-        log.warning(
-            "train.precision=bf16 on a CPU without native bf16 (AVX512-BF16/AMX): expect a slower step than "
-            "fp32 (about 4x for b0 on an AVX2 CPU); train.precision=auto keeps CPUs at fp32"
-        )
-    early = EarlyStopping(config.early_stop.monitor, config.early_stop.patience, config.early_stop.min_delta)
-
-    # --- resume ---------------------------------------------------------------------------------------
-    history: list[EpochMetrics] = []
-    checkpoint = distributed.on_main(env, lambda: _resume_state(output, resume))
-    if checkpoint == "finished":
-        return _finished_result(output)
-    if checkpoint is not None:
-        try:
-            model.load_state_dict(checkpoint["model"])
-        except RuntimeError:
-            raise UserError(
-                f"{output / LAST} was saved by a different model (was model.* or the dataset's classes "
-                f"changed?); resume with the run's own config.yaml, or choose another --output."
-            ) from None
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        early.load_state_dict(checkpoint["early_stopping"])
-        history = [EpochMetrics(**h) for h in checkpoint["history"]]
-        torch.set_rng_state(checkpoint["rng"])
-        log.info("resuming from %s after epoch %d", output / LAST, len(history))
-    start_epoch = len(history)
-
-    jsonl = JsonLinesLog(output / "train_log.jsonl")
-    wandb = WandbRun(config.wandb, config.to_dict(), output) if env.is_main else None
-    if env.is_main:
-        atomic_write_text(output / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
-        jsonl.rewrite([h.to_dict() for h in history])
-        log.info(
-            "training %s on %d image(s), validating on %d, %d process(es) on %s, %s%s, %d step(s)/epoch",
-            config.model.pretrained or f"SegFormer-{config.model.variant} (random init)",
-            len(train_set),
-            len(meta.split(config.data.eval_split)),
-            env.world_size,
-            env.device.type,
-            "bf16 autocast" if autocast_dtype else "fp32",
-            ", torch.compile" if config.train.compile else "",
-            steps_per_epoch,
-        )
-
-    # --- the loop -------------------------------------------------------------------------------------
-    stop_reason: Literal["completed", "early_stopped", "reported"] = "completed"
-    for epoch in range(start_epoch, config.train.epochs):
-        if isinstance(sampler, DistributedSampler):
-            sampler.set_epoch(epoch)
-        ddp_model.train()
-        started = time.perf_counter()
-        loss_sum = torch.zeros((), device=env.device)
-        images_seen = 0
-        batches = tqdm(
-            train_loader,
-            desc=f"epoch {epoch + 1}/{config.train.epochs}",
-            disable=not env.is_main or None,  # None: only on a terminal
-            leave=False,
-            dynamic_ncols=True,
-        )
-        for step, (images, masks) in enumerate(batches):
-            if cuda_graphs:
-                torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are consumed
-            images = normalize(images.to(env.device, non_blocking=True))
-            if config.model.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            masks = masks.to(env.device, non_blocking=True).long()
-            is_update_step = (step + 1) % config.train.grad_accum == 0 or step + 1 == len(train_loader)
-            # Gradients are all-reduced only on the micro-batch that updates the weights.
-            sync = nullcontext() if is_update_step or not env.is_distributed else ddp_model.no_sync()
-            with sync:
-                with torch.autocast(
-                    env.device.type, dtype=autocast_dtype or torch.float32, enabled=bool(autocast_dtype)
-                ):
-                    logits = forward(pixel_values=images).logits
-                loss = torch.nn.functional.cross_entropy(
-                    upsample_logits(logits.float(), masks.shape[-2:]), masks, ignore_index=meta.ignore_index
-                )
-                (loss / config.train.grad_accum).backward()
-            if is_update_step:
-                if config.optim.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            loss_sum += loss.detach()
-            images_seen += images.shape[0]
-            if env.is_main and (step + 1) % config.train.log_every == 0:
-                batches.set_postfix(loss=f"{loss.item():.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-
-        if env.device.type == "cuda":
-            torch.cuda.synchronize()  # count queued kernels in this epoch's time
-        train_seconds = time.perf_counter() - started
-        distributed.sync_buffers(model, env)  # BatchNorm running stats: validate what rank 0 will save
-        val = evaluate(
-            model,
-            val_loader,
-            meta.num_classes,
-            meta.ignore_index,
-            env,
-            autocast_dtype,
-            config.model.channels_last,
-        )
-        stats = distributed.all_reduce_sum(
-            torch.tensor(
-                [float(loss_sum), len(train_loader), images_seen], device=env.device, dtype=torch.float64
-            ),
-            env,
-        )
-        seconds = time.perf_counter() - started
-        metrics = EpochMetrics(
-            epoch=epoch + 1,
-            train_loss=float(stats[0] / stats[1]),
-            val_loss=val.loss,
-            val_miou=val.metrics.miou,
-            val_pixel_accuracy=val.metrics.pixel_accuracy,
-            val_per_class_iou=dict(zip(meta.classes, val.metrics.per_class_iou, strict=True)),
-            lr=scheduler.get_last_lr()[0],
-            images_per_second=float(stats[2]) / train_seconds,
-            seconds=seconds,
-        )
-        history.append(metrics)
-        is_best = early.step(metrics)  # same all-reduced numbers on every rank -> same decision
-        if config.checkpoint.select == "last":
-            is_best = True
-
-        if env.is_main:
-            if is_best:
-                save_checkpoint(output / BEST, {"model": model.state_dict(), "epoch": metrics.epoch})
-            save_checkpoint(
-                output / LAST,
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "early_stopping": early.state_dict(),
-                    "history": [h.to_dict() for h in history],
-                    "rng": torch.get_rng_state(),
-                },
-            )
-            jsonl.append(metrics.to_dict())
-            assert wandb is not None
-            wandb.log(
-                {k: v for k, v in metrics.to_dict().items() if k != "val_per_class_iou"}
-                | {f"val_iou/{k}": v for k, v in metrics.val_per_class_iou.items()},
-                step=metrics.epoch,
-            )
-            log.info(_epoch_line(metrics, config.train.epochs, is_best))
-
-        stop_requested = bool(report(metrics)) if (report is not None and env.is_main) else False
-        if distributed.broadcast_object(stop_requested, env):
-            stop_reason = "reported"
-            break
-        if early.should_stop:
-            stop_reason = "early_stopped"
-            if env.is_main:
-                log.info("early stopping: %s has not improved for %d epoch(s)", early.monitor, early.patience)
-            break
-
-    # --- final outputs --------------------------------------------------------------------------------
-    best = history[-1] if config.checkpoint.select == "last" else history[early.best_epoch - 1]
-    if env.is_main:
-        best_model = copy.deepcopy(model)
-        best_model.load_state_dict(load_checkpoint(output / BEST)["model"])
-        test = None
-        if meta.split("test") and config.data.eval_split != "test":
-            # Rank 0 alone: the other ranks only wait at the barrier below.
-            alone = DistEnv(rank=0, world_size=1, local_rank=env.local_rank, device=env.device)
-            loader = eval_loader(meta, "test", base_size, val_loader.batch_size or 1, 0, alone)
-            test = evaluate(best_model, loader, meta.num_classes, meta.ignore_index, alone, autocast_dtype)
-            log.info(
-                "test split: mIoU %.4f, pixel accuracy %.4f", test.metrics.miou, test.metrics.pixel_accuracy
-            )
-        _write_final_outputs(output, best_model, meta, best, history, stop_reason, config, test)
-        assert wandb is not None
-        wandb.summary(
-            {"best_epoch": best.epoch, "best_val_miou": best.val_miou, "best_val_loss": best.val_loss}
-        )
-        wandb.finish()
-    distributed.barrier(env)
-    return TrainResult(output=output, best=best, history=history, stop_reason=stop_reason, model=model)
-
-
-def _load_checked_dataset(config: Config) -> DatasetMeta:
-    if not config.data.path:
-        raise UserError("no dataset given: pass --data PATH (a folder with metadata.json).")
-    meta = load_metadata(config.data.path, classes=config.data.classes)
-    if config.data.check:
-        required = tuple(dict.fromkeys([*config.data.train_splits, config.data.eval_split]))
-        report = check_dataset(meta, required_splits=required)
-        if not report.ok:
-            raise UserError(
-                "the dataset has problems; fix them and run `sideformer check-data` again:\n"
-                + format_report(meta, report)
-            )
-    else:
-        for split in (*config.data.train_splits, config.data.eval_split):
-            if not meta.split(split):
-                raise UserError(f"{meta.root / 'metadata.json'}: split '{split}' is empty.")
-    return meta
-
-
-def _train_subset(meta: DatasetMeta, config: Config) -> list[Sample]:
-    samples = [s for split in config.data.train_splits for s in meta.split(split)]
-    if config.data.train_fraction >= 1.0:
-        return samples
-    keep = max(1, round(len(samples) * config.data.train_fraction))
-    # A fixed subset for a given seed, so every trial of a search sees the same images.
-    indices = sorted(random.Random(config.train.seed).sample(range(len(samples)), keep))
-    return [samples[i] for i in indices]
-
-
-def _preresized(samples: list[Sample], meta: DatasetMeta, config: Config, env: DistEnv) -> list[Sample]:
-    """The training samples' resized copies (data.preresize): rank 0 writes the missing ones while the
-    other ranks wait, then every rank checks it can read them all."""
-    short = config.data.preresize
-    assert short is not None
-    cache_dir = Path(config.data.cache_dir) if config.data.cache_dir else default_cache_dir(meta.root)
-    needed = round((config.data.base_size or min(config.data.crop_size)) * config.data.scale_range[1])
-    if env.is_main and short < needed:
-        log.warning(
-            "data.preresize=%d is below base_size x the largest scale (%d): large-scale crops will be "
-            "upsampled from the smaller copies",
-            short,
-            needed,
-        )
-    copies = distributed.on_main(env, lambda: preresize_samples(samples, short, cache_dir, meta.palette))
-    missing = torch.tensor([sum(not c.image.is_file() for c in copies)], device=env.device)
-    if int(distributed.all_reduce_sum(missing, env)) > 0:
-        raise UserError(
-            f"data.preresize: {int(missing)} resized copies written by rank 0 under {cache_dir} are not "
-            f"visible to every process; set data.cache_dir to a folder all nodes share."
-        )
-    return copies
 
 
 def _native_cpu_bf16() -> bool:
@@ -468,53 +251,238 @@ def _native_cpu_bf16() -> bool:
         return True
 
 
-def _build_optimizer(model: torch.nn.Module, config: Config, fused: bool) -> torch.optim.AdamW:
-    """AdamW; the decode head learns head_lr_mult times faster; norms and biases get no weight decay."""
-    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            groups.setdefault((name.startswith("decode_head."), param.ndim <= 1), []).append(param)
-    o = config.optim
-    param_groups = [
-        {
-            "params": params,
-            "lr": o.lr * (o.head_lr_mult if is_head else 1.0),
-            "weight_decay": 0.0 if no_decay else o.weight_decay,
-        }
-        for (is_head, no_decay), params in sorted(groups.items())
-    ]
-    return torch.optim.AdamW(param_groups, lr=o.lr, betas=(o.betas[0], o.betas[1]), fused=fused or None)
+# --- resume -----------------------------------------------------------------------------------------
 
 
-def _resume_state(output: Path, resume: bool) -> dict[str, Any] | str | None:
-    """The checkpoint to continue from, "finished" for a completed run, or None for a fresh start."""
-    last = output / LAST
-    if not resume:
-        if last.exists():
-            raise UserError(
-                f"{output} holds an unfinished run ({last}); pass --resume to continue it, "
-                f"or choose another --output."
-            )
-        if (output / "final_ckpts").exists():
-            raise UserError(f"{output} already holds a finished run (final_ckpts/); choose another --output.")
-        return None
-    if last.exists():
-        return load_checkpoint(last)
-    if (output / "metrics.json").exists() and (output / "final_ckpts").exists():
-        log.info("%s already finished; nothing to resume", output)
-        return "finished"
-    log.info("--resume: no checkpoint in %s, starting from epoch 1", output / "temp_ckpts")
-    return None
+def _resume(state: TrainState, run: RunDir, checkpoint: dict[str, Any]) -> None:
+    try:
+        state.load_state_dict(checkpoint)
+    except RuntimeError:
+        raise UserError(
+            f"{run.last} was saved by a different model (was model.* or the dataset's classes "
+            f"changed?); resume with the run's own config.yaml, or choose another --output."
+        ) from None
+    log.info("resuming from %s after epoch %d", run.last, state.epochs_done)
 
 
-def _finished_result(output: Path) -> TrainResult:
-    summary = json.loads((output / "metrics.json").read_text())
+def _finished_result(run: RunDir) -> TrainResult:
+    summary = json.loads(run.metrics.read_text())
     history = [EpochMetrics(**h) for h in summary["history"]]
-    return TrainResult(output, history[summary["best_epoch"] - 1], history, summary["stop_reason"])
+    return TrainResult(run.root, history[summary["best_epoch"] - 1], history, summary["stop_reason"])
+
+
+# --- run one epoch ----------------------------------------------------------------------------------
+
+
+def run_epoch(
+    epoch: int,
+    config: Config,
+    loaders: Loaders,
+    parts: ModelAndOptimizer,
+    env: DistEnv,
+    state: TrainState,
+    step_checkpoints: StepCheckpoints,
+    run: RunDir,
+) -> EpochMetrics:
+    """Train on every batch once (or on the rest, after a step checkpoint), validate, and return the
+    epoch's numbers (identical on every rank)."""
+    resumed = state.progress is not None and state.progress.epoch == epoch
+    progress = state.progress if resumed else EpochProgress(epoch)
+    assert progress is not None
+    if resumed and env.is_main:
+        log.info(
+            "resuming epoch %d after %d of its %d batches", epoch + 1, progress.batches, _batches(loaders)
+        )
+    loaders.train.sampler.set_epoch(epoch, skip=progress.batches * config.train.batch_size)  # type: ignore[attr-defined]
+    started = time.perf_counter() - progress.seconds
+
+    def save_step(loss_sum: torch.Tensor, images_seen: int) -> None:
+        if step_checkpoints.due(progress.optimizer_steps):
+            totals = distributed.gather_objects((float(loss_sum), images_seen), env)
+            progress.loss_sums, progress.images = [t[0] for t in totals], [t[1] for t in totals]
+            progress.seconds = time.perf_counter() - started
+            _save_step(state, progress, run, env, step_checkpoints.stop_requested)
+
+    loss_sum, images_seen = _train_steps(config, loaders, parts, env, progress, save_step)
+    if env.device.type == "cuda":
+        torch.cuda.synchronize()  # count queued kernels in this epoch's time
+    train_seconds = time.perf_counter() - started
+    state.progress = None
+    distributed.sync_buffers(parts.model, env)  # BatchNorm running stats: validate what rank 0 will save
+    meta = loaders.meta
+    val = evaluate(
+        parts.model,
+        loaders.val,
+        meta.num_classes,
+        meta.ignore_index,
+        env,
+        parts.autocast_dtype,
+        config.model.channels_last,
+    )
+    totals = torch.tensor(
+        [float(loss_sum), progress.batches, images_seen], device=env.device, dtype=torch.float64
+    )
+    loss_total, batches, images = distributed.all_reduce_sum(totals, env).tolist()
+    return EpochMetrics(
+        epoch=epoch + 1,
+        train_loss=loss_total / batches,
+        val_loss=val.loss,
+        val_miou=val.metrics.miou,
+        val_pixel_accuracy=val.metrics.pixel_accuracy,
+        val_per_class_iou=dict(zip(meta.classes, val.metrics.per_class_iou, strict=True)),
+        lr=parts.scheduler.get_last_lr()[0],
+        images_per_second=images / train_seconds,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _train_steps(
+    config: Config,
+    loaders: Loaders,
+    parts: ModelAndOptimizer,
+    env: DistEnv,
+    progress: EpochProgress,
+    save_step: Callable[[torch.Tensor, int], None],
+) -> tuple[torch.Tensor, int]:
+    """This epoch's batches from `progress` on: (summed loss on the device, images seen) on this rank.
+    `progress` follows along; `save_step(loss_sum, images_seen)` runs after each optimizer step but the
+    epoch's last (it saves when a step checkpoint is due)."""
+    parts.ddp_model.train()
+    carried_loss, images_seen = progress.rank_totals(env.rank, env.world_size)
+    loss_sum = torch.tensor(float(carried_loss), device=env.device)
+    first, last_step = progress.batches, progress.batches + len(loaders.train) - 1
+    batches = tqdm(
+        loaders.train,
+        desc=f"epoch {progress.epoch + 1}/{config.train.epochs}",
+        initial=first,
+        total=last_step + 1,
+        disable=not env.is_main or None,  # None: only on a terminal
+        leave=False,
+        dynamic_ncols=True,
+    )
+    cuda_graphs = config.train.compile and config.train.compile_mode == "reduce-overhead"
+    for step, (images, masks) in enumerate(batches, start=first):
+        if cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are consumed
+        images = images.to(env.device, non_blocking=True)
+        masks = masks.to(env.device, non_blocking=True).long()
+        is_update_step = (step + 1) % config.train.grad_accum == 0 or step == last_step
+        # Gradients are all-reduced only on the micro-batch that updates the weights.
+        sync = nullcontext() if is_update_step or not env.is_distributed else parts.ddp_model.no_sync()
+        with sync:
+            loss, _ = training_loss(
+                parts.forward,
+                images,
+                masks,
+                loaders.meta.ignore_index,
+                parts.autocast_dtype,
+                config.model.channels_last,
+            )
+            (loss / config.train.grad_accum).backward()
+        loss_sum += loss.detach()
+        images_seen += images.shape[0]
+        if is_update_step:
+            if config.optim.grad_clip:
+                torch.nn.utils.clip_grad_norm_(parts.model.parameters(), config.optim.grad_clip)
+            parts.optimizer.step()
+            parts.scheduler.step()
+            parts.optimizer.zero_grad(set_to_none=True)
+            progress.batches, progress.optimizer_steps = step + 1, progress.optimizer_steps + 1
+            if step < last_step:  # the epoch's end saves a checkpoint of its own
+                save_step(loss_sum, images_seen)
+        if env.is_main and (step + 1) % config.train.log_every == 0:
+            batches.set_postfix(loss=f"{loss.item():.4f}", lr=f"{parts.scheduler.get_last_lr()[0]:.2e}")
+    return loss_sum, images_seen
+
+
+def _batches(loaders: Loaders) -> int:
+    """Batches in a whole epoch on this rank (the loader's own length shrinks when an epoch resumes)."""
+    sampler = loaders.train.sampler
+    samples = len(sampler) + sampler.skip  # type: ignore[arg-type,attr-defined]
+    batch = loaders.train.batch_size or 1
+    return samples // batch if loaders.train.drop_last else -(-samples // batch)
+
+
+# --- save -------------------------------------------------------------------------------------------
+
+
+def _save_step(state: TrainState, progress: EpochProgress, run: RunDir, env: DistEnv, stop: bool) -> None:
+    """A step checkpoint (rank 0 writes, every rank waits for it); after a SIGTERM, stop."""
+    state.progress = progress
+    if env.is_main:
+        save_checkpoint(run.last, state.state_dict())
+        log.info("saved epoch %d after %d batch(es) to %s", progress.epoch + 1, progress.batches, run.last)
+    distributed.barrier(env)
+    if stop:
+        raise Stopped(
+            f"stopped by SIGTERM in epoch {progress.epoch + 1} after {progress.batches} batch(es), saved in "
+            f"{run.last}; run the same command with --resume to continue from there."
+        )
+
+
+def save_epoch(
+    run: RunDir,
+    state: TrainState,
+    metrics: EpochMetrics,
+    is_best: bool,
+    jsonl: JsonLinesLog,
+    wandb_run: WandbRun,
+    epochs: int,
+) -> None:
+    """Rank 0, after each epoch: the best weights if they are, the resume checkpoint, the logs."""
+    if is_best:
+        save_checkpoint(run.best, {"model": state.model.state_dict(), "epoch": metrics.epoch})
+    save_checkpoint(run.last, state.state_dict())
+    jsonl.append(metrics.to_dict())
+    wandb_run.log(
+        {k: v for k, v in metrics.to_dict().items() if k != "val_per_class_iou"}
+        | {f"val_iou/{k}": v for k, v in metrics.val_per_class_iou.items()},
+        step=metrics.epoch,
+    )
+    log.info(_epoch_line(metrics, epochs, is_best))
+
+
+# --- finish -----------------------------------------------------------------------------------------
+
+
+def finish(
+    run: RunDir,
+    config: Config,
+    loaders: Loaders,
+    parts: ModelAndOptimizer,
+    state: TrainState,
+    stop_reason: StopReason,
+    env: DistEnv,
+    wandb_run: WandbRun,
+) -> None:
+    """Rank 0, after the loop: the best weights on the test split, final_ckpts/, metrics.json, W&B summary."""
+    best = state.best_metrics(config.checkpoint.select)
+    best_model = copy.deepcopy(parts.model)
+    best_model.load_state_dict(load_checkpoint(run.best)["model"])
+    test = _evaluate_test_split(best_model, config, loaders, parts, env)
+    _write_final_outputs(run, best_model, loaders.meta, best, state.history, stop_reason, config, test)
+    wandb_run.summary(
+        {"best_epoch": best.epoch, "best_val_miou": best.val_miou, "best_val_loss": best.val_loss}
+    )
+    wandb_run.finish()
+
+
+def _evaluate_test_split(
+    model: torch.nn.Module, config: Config, loaders: Loaders, parts: ModelAndOptimizer, env: DistEnv
+) -> EvalResult | None:
+    meta = loaders.meta
+    if not meta.split("test") or config.data.eval_split == "test":
+        return None
+    # Rank 0 alone: the other ranks only wait at the barrier after `finish`.
+    alone = DistEnv(rank=0, world_size=1, local_rank=env.local_rank, device=env.device)
+    loader = eval_loader(meta, "test", loaders.base_size, loaders.val.batch_size or 1, 0, alone)
+    test = evaluate(model, loader, meta.num_classes, meta.ignore_index, alone, parts.autocast_dtype)
+    log.info("test split: mIoU %.4f, pixel accuracy %.4f", test.metrics.miou, test.metrics.pixel_accuracy)
+    return test
 
 
 def _write_final_outputs(
-    output: Path,
+    run: RunDir,
     best_model: torch.nn.Module,
     meta: DatasetMeta,
     best: EpochMetrics,
@@ -523,17 +491,16 @@ def _write_final_outputs(
     config: Config,
     test: EvalResult | None,
 ) -> None:
-    final = output / "final_ckpts"
     # CPU tensors: a plain torch.load on a machine without the training GPU must work.
-    save_checkpoint(final / "best_model.pth", {k: v.cpu() for k, v in best_model.state_dict().items()})
+    save_checkpoint(run.best_state_dict, {k: v.cpu() for k, v in best_model.state_dict().items()})
     # How validation saw the images, so `sideformer evaluate` and `predict` default to the same.
     inference = {
         "base_size": config.data.base_size or min(config.data.crop_size),
         "eval_batch_size": config.train.eval_batch_size or config.train.batch_size,
     }
-    _save_pretrained_atomically(best_model, final / "model", meta, inference)
+    save_trained_model(best_model, run.model, meta, inference)
     atomic_write_json(
-        output / "metrics.json",
+        run.metrics,
         {
             "best_epoch": best.epoch,
             "monitor": config.early_stop.monitor,
@@ -554,38 +521,22 @@ def _write_final_outputs(
         },
     )
     if not config.checkpoint.keep_temp:
-        shutil.rmtree(output / "temp_ckpts", ignore_errors=True)
+        shutil.rmtree(run.temp, ignore_errors=True)
     log.info("best epoch %d: val mIoU %.4f, val loss %.4f", best.epoch, best.val_miou, best.val_loss)
 
 
-def _save_pretrained_atomically(
-    model: torch.nn.Module, target: Path, meta: DatasetMeta, inference: dict[str, Any] | None = None
-) -> None:
-    from transformers.utils import logging as hf_logging
+# --- log lines --------------------------------------------------------------------------------------
 
-    hf_logging.disable_progress_bar()  # a shard progress bar per save is noise in logs
-    staging = target.with_name(f".{target.name}.tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging)
-    (staging / "sideformer.json").write_text(
-        json.dumps(
-            {
-                "classes": meta.classes,
-                "palette": meta.palette,
-                "ignore_index": meta.ignore_index,
-                **(inference or {}),
-            },
-            indent=2,
-        )
+
+def _start_line(config: Config, loaders: Loaders, parts: ModelAndOptimizer, env: DistEnv) -> str:
+    return (
+        f"training {config.model.pretrained or f'SegFormer-{config.model.variant} (random init)'} on "
+        f"{len(loaders.train.dataset)} image(s), validating on "  # type: ignore[arg-type]
+        f"{len(loaders.meta.split(config.data.eval_split))}, {env.world_size} process(es) on "
+        f"{env.device.type}, {'bf16 autocast' if parts.autocast_dtype else 'fp32'}"
+        f"{f', torch.compile ({config.train.compile_mode})' if config.train.compile else ''}, "
+        f"{parts.steps_per_epoch} step(s)/epoch"
     )
-    if target.exists():
-        old = target.with_name(f".{target.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        target.rename(old)
-        staging.rename(target)
-        shutil.rmtree(old)
-    else:
-        staging.rename(target)
 
 
 def _epoch_line(m: EpochMetrics, epochs: int, is_best: bool) -> str:

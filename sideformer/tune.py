@@ -1,9 +1,8 @@
 """Hyperparameter search with Optuna: many workers, each possibly a torchrun DDP job, share one study.
 
-- Storage: an RDB URL (`--storage`, `OPTUNA_STORAGE`, default SQLite under the output folder), opened
-  with `pool_pre_ping` (survives a database restart) and heartbeats: a trial whose worker died is failed
-  after the grace period and re-enqueued by `RetryHeartbeatStaleTrialCallback`; the retry resumes from
-  that trial's last checkpoint under `<output>/trials/`.
+- Storage (`study`): an RDB URL opened with heartbeats: a trial whose worker died is failed after the
+  grace period and re-enqueued by `RetryHeartbeatStaleTrialCallback`; the retry resumes from that
+  trial's last checkpoint under `<output>/trials/`.
 - Budget: `search.n_trials` finished (complete or pruned) trials in the study, over all workers. A trial
   that would exceed it (two workers racing for the last slot) is failed as surplus before it trains, so
   the study ends with exactly the budget.
@@ -13,134 +12,37 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import math
-import os
 import secrets
 import time
-import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from sideformer import distributed
+import optuna
+import sqlalchemy.exc
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState
+
+from sideformer import distributed, optuna_compat
 from sideformer.atomic import atomic_write_json
 from sideformer.config import Config, SearchConfig, load_config
 from sideformer.data.metadata import load_metadata
 from sideformer.distributed import DistEnv
-from sideformer.errors import UserError
-from sideformer.train import EpochMetrics, TrainResult, train
-
-if TYPE_CHECKING:
-    import optuna
+from sideformer.errors import Stopped, UserError, first_line
+from sideformer.rundir import RunDir
+from sideformer.study import create_study, load_study, open_storage, redact, resolve_storage_url, with_retries
+from sideformer.train import TrainResult, train
+from sideformer.train_state import EpochMetrics
 
 log = logging.getLogger(__name__)
 
-DIRECTIONS = {"val_miou": "maximize", "val_loss": "minimize"}
-HYPERPARAMS_FILE = "best_hyperparams.json"
 WAIT_SECONDS = 5.0
 MAX_DATABASE_ERRORS = 60  # consecutive failed attempts, WAIT_SECONDS apart: five minutes
-
-
-# --- storage and study --------------------------------------------------------------------------------
-
-
-def resolve_storage_url(url: str | None, output: str | Path) -> str:
-    """`--storage`, else OPTUNA_STORAGE, else SQLite in the output folder. Unknown schemes are refused."""
-    url = url or os.environ.get("OPTUNA_STORAGE") or f"sqlite:///{Path(output).resolve() / 'study.db'}"
-    backend = url.split("://", 1)[0].split("+", 1)[0] if "://" in url else ""
-    if backend not in ("sqlite", "postgresql", "mysql"):
-        raise UserError(
-            f"storage {redact(url)!r}: unknown URL scheme; use sqlite:///PATH or "
-            f"postgresql+psycopg2://USER:PASSWORD@HOST:PORT/DATABASE."
-        )
-    return url
-
-
-def redact(url: str) -> str:
-    """The URL with its password hidden: storage URLs end up in logs and error messages."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url.split("@")[-1]
-
-
-def open_storage(url: str, search: SearchConfig) -> optuna.storages.RDBStorage:
-    import optuna
-    import sqlalchemy.exc
-
-    # Heartbeats and their retry callback are "experimental" in Optuna 5 (since 2.8), and exactly what
-    # fault tolerance needs; their warnings would only clutter every worker's log.
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": 60}}  # wait on concurrent writers
-    else:
-        engine_kwargs = {"pool_pre_ping": True}  # reconnect transparently after a database restart
-    try:
-        return _with_retries(
-            lambda: optuna.storages.RDBStorage(
-                url,
-                engine_kwargs=engine_kwargs,
-                heartbeat_interval=search.heartbeat_interval,
-                grace_period=search.grace_period,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                    max_retry=search.max_retry
-                ),
-            )
-        )
-    except (sqlalchemy.exc.SQLAlchemyError, ModuleNotFoundError) as exc:
-        raise UserError(
-            f"cannot open the study database {redact(url)}: {_first_line(exc)}. "
-            f"Check that the server is up and the host, port, user and password are right."
-        ) from None
-
-
-def create_study(storage: optuna.storages.RDBStorage, name: str, search: SearchConfig) -> optuna.Study:
-    """Create the study if it does not exist, else load it. Safe when many processes race on an empty
-    database: Optuna's own create_study(load_if_exists=True) is not (optuna#1092)."""
-    import optuna
-
-    def create_or_load() -> optuna.Study:
-        try:
-            study = optuna.create_study(
-                storage=storage, study_name=name, direction=DIRECTIONS[search.objective]
-            )
-            study.set_user_attr("objective", search.objective)
-            return study
-        except optuna.exceptions.DuplicatedStudyError:
-            return optuna.load_study(study_name=name, storage=storage)
-
-    study = _with_retries(create_or_load)
-    if study.direction.name.lower() != DIRECTIONS[search.objective]:
-        raise UserError(
-            f"study {name!r} {study.direction.name.lower()}s but search.objective={search.objective!r} "
-            f"{DIRECTIONS[search.objective]}s; use another --study name or the study's objective."
-        )
-    return study
-
-
-def _with_retries(fn: Any, attempts: int = 8) -> Any:
-    """Retry transient database races (concurrent table creation, serialization failures) with jitter."""
-    import sqlalchemy.exc
-
-    for attempt in range(attempts):
-        try:
-            return fn()
-        except (
-            sqlalchemy.exc.IntegrityError,
-            sqlalchemy.exc.ProgrammingError,
-            sqlalchemy.exc.OperationalError,
-        ):
-            if attempt == attempts - 1:
-                raise
-            time.sleep(0.2 * (attempt + 1) + secrets.randbelow(300) / 1000)
-    raise AssertionError("unreachable")
 
 
 # --- the search space ---------------------------------------------------------------------------------
@@ -156,8 +58,6 @@ class Param:
 
 def parse_space(space: dict[str, dict[str, Any]]) -> list[Param]:
     """Validate `search.space` into Optuna distributions; every key must be a config key."""
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-
     params = []
     for key, spec in space.items():
         where = f"search.space.{key}"
@@ -242,23 +142,18 @@ class DuplicateTrial(Exception):
 
 
 def run_search(
-    config: Config, storage_url: str, study_name: str, seed: int | None = None, env: DistEnv | None = None
+    config: Config, storage_url: str, study_name: str, env: DistEnv, seed: int | None = None
 ) -> dict[str, Any] | None:
     """Run trials until the study holds `search.n_trials` finished ones; return the best hyperparameters
-    (also written to <output>/best_hyperparams.json). Every rank of a torchrun worker calls this."""
-    own_group = env is None
-    env = env or distributed.setup(config.train.device)
+    (also written to <output>/best_hyperparams.json). Every rank of a torchrun worker calls this, inside
+    the command's `distributed.process_group()`."""
+    if not env.is_main:
+        _follow(env)
+        return None
     try:
-        if not env.is_main:
-            _follow(env)
-            return None
-        try:
-            return _lead(config, storage_url, study_name, seed, env)
-        finally:
-            distributed.broadcast_object(("stop", None), env)
+        return _lead(config, storage_url, study_name, seed, env)
     finally:
-        if own_group:
-            distributed.cleanup()
+        distributed.broadcast_object(("stop", None), env)
 
 
 def _follow(env: DistEnv) -> None:
@@ -273,9 +168,6 @@ def _follow(env: DistEnv) -> None:
 
 def _caused_by_database(exc: BaseException) -> bool:
     """True when a database error is anywhere in the chain (Optuna re-raises some as other types)."""
-    import optuna
-    import sqlalchemy.exc
-
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, sqlalchemy.exc.OperationalError | optuna.exceptions.StorageInternalError):
@@ -284,17 +176,9 @@ def _caused_by_database(exc: BaseException) -> bool:
     return False
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def _lead(
     config: Config, storage_url: str, study_name: str, seed: int | None, env: DistEnv
 ) -> dict[str, Any]:
-    import optuna
-    from optuna.trial import TrialState
-
     search = config.search
     params = parse_space(search.space)
     if space_size(params) < search.n_trials:
@@ -312,6 +196,7 @@ def _lead(
     log.info("worker joins study %r on %s (sampler seed %d)", study_name, redact(storage_url), seed)
 
     database_errors = 0
+    running: list[int] = []  # the trials this worker trained, the last for a SIGTERM in the middle of it
     while True:
         try:
             trials = study.get_trials(deepcopy=False)  # one query per round
@@ -322,16 +207,23 @@ def _lead(
             in_flight, waiting = states[TrialState.RUNNING], states[TrialState.WAITING]
             if finished + in_flight >= search.n_trials and waiting == 0:
                 # Other workers run the last trials. Stay, to pick up the retry if one of them dies.
-                optuna.storages.fail_stale_trials(study)
+                optuna_compat.fail_stale_trials(study)
                 _fail_trials_that_never_beat(study, trials, search)
                 distributed.broadcast_object(("wait", None), env)
                 time.sleep(WAIT_SECONDS)
                 continue
-            study.optimize(
-                lambda trial: _objective(trial, config, params, env),
-                n_trials=1,
-                catch=(SurplusTrial, DuplicateTrial),
-            )
+            try:
+                study.optimize(
+                    lambda trial: _objective(trial, config, params, env, running),
+                    n_trials=1,
+                    catch=(SurplusTrial, DuplicateTrial),
+                )
+            except Stopped:
+                # Optuna marked the trial FAIL; queue its retry now (a dead worker's waits for the grace
+                # period): whichever worker takes it resumes from the step this one saved.
+                if running and optuna_compat.retry_trial(study, running[-1]):
+                    log.info("trial %d stopped by SIGTERM and queued again", running[-1])
+                raise
             database_errors = 0
         except Exception as exc:
             if not _caused_by_database(exc):
@@ -340,13 +232,11 @@ def _lead(
             # heartbeats, so it is failed and retried (resuming from its checkpoint) like a dead worker's.
             database_errors += 1
             if database_errors > MAX_DATABASE_ERRORS:
-                raise UserError(
-                    f"lost the study database {redact(storage_url)}: {_first_line(exc)}"
-                ) from None
-            log.warning("study database unavailable (%s); retrying in %.0fs", _first_line(exc), WAIT_SECONDS)
+                raise UserError(f"lost the study database {redact(storage_url)}: {first_line(exc)}") from None
+            log.warning("study database unavailable (%s); retrying in %.0fs", first_line(exc), WAIT_SECONDS)
             time.sleep(WAIT_SECONDS)
     best = best_hyperparams(study, search)
-    atomic_write_json(Path(config.output) / HYPERPARAMS_FILE, best)
+    atomic_write_json(RunDir(config.output).hyperparams, best)
     log.info(
         "study %r has %d finished trials; best %s = %.4f",
         study_name,
@@ -357,10 +247,9 @@ def _lead(
     return best
 
 
-def _objective(trial: optuna.Trial, config: Config, params: list[Param], env: DistEnv) -> float:
-    import optuna
-    import sqlalchemy.exc
-
+def _objective(
+    trial: optuna.Trial, config: Config, params: list[Param], env: DistEnv, running: list[int]
+) -> float:
     search = config.search
     stored = {p.key: _suggest(trial, p) for p in params}
     _refuse_surplus_or_duplicate(trial, stored, search.n_trials)
@@ -370,10 +259,10 @@ def _objective(trial: optuna.Trial, config: Config, params: list[Param], env: Di
 
     # A retried trial continues in the folder of the trial it retries, from its last checkpoint.
     frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
-    history = optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(frozen)
+    history = optuna_compat.retry_history(frozen)
     root = history[0] if history else trial.number
     trial_config = apply_params(config, values)
-    trial_config.output = str(Path(config.output) / "trials" / f"trial_{root:04d}")
+    trial_config.output = str(RunDir(config.output).trial(root))
     trial_config.train.epochs = search.epochs
     trial_config.data.train_fraction = search.data_fraction
     trial_config.early_stop.monitor = search.objective
@@ -382,23 +271,24 @@ def _objective(trial: optuna.Trial, config: Config, params: list[Param], env: Di
     trial.set_user_attr("output", trial_config.output)
     log.info("trial %d%s: %s", trial.number, f" (retry of {root})" if history else "", json.dumps(values))
 
-    def report(metrics: EpochMetrics) -> bool:
+    def report_to_study(metrics: EpochMetrics) -> bool:
         # Never raise here: under DDP the other ranks are waiting for this decision.
         def report_and_decide() -> bool:
             trial.report(getattr(metrics, search.objective), step=metrics.epoch)
             return trial.should_prune()
 
         try:
-            return bool(_with_retries(report_and_decide))
+            return bool(with_retries(report_and_decide))
         except sqlalchemy.exc.SQLAlchemyError as exc:
             log.warning(
-                "could not report epoch %d to the study (%s); not pruning", metrics.epoch, _first_line(exc)
+                "could not report epoch %d to the study (%s); not pruning", metrics.epoch, first_line(exc)
             )
             return False
 
     distributed.broadcast_object(("train", trial_config), env)
-    result = train(trial_config, report=report, resume=True, env=env)
-    _with_retries(lambda: _store_metrics(trial, result))
+    running.append(trial.number)
+    result = train(trial_config, on_epoch=report_to_study, resume=True, env=env)
+    with_retries(lambda: _store_metrics(trial, result))
     if result.stop_reason == "reported":
         raise optuna.TrialPruned(f"pruned after epoch {result.history[-1].epoch}")
     return getattr(result.best, search.objective)
@@ -414,8 +304,6 @@ def _suggest(trial: optuna.Trial, param: Param) -> Any:
 
 
 def _refuse_surplus_or_duplicate(trial: optuna.Trial, values: dict[str, Any], budget: int) -> None:
-    from optuna.trial import TrialState
-
     others = [
         t
         for t in trial.study.get_trials(
@@ -446,8 +334,6 @@ def _store_metrics(trial: optuna.Trial, result: TrainResult) -> None:
 
 
 def _pruner(search: SearchConfig) -> optuna.pruners.BasePruner:
-    import optuna
-
     if search.pruner == "median":
         return optuna.pruners.MedianPruner(search.pruner_startup_trials, search.pruner_warmup_epochs)
     if search.pruner == "percentile":
@@ -459,53 +345,19 @@ def _pruner(search: SearchConfig) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
+def _fail_trials_that_never_beat(study: optuna.Study, trials: list, search: SearchConfig) -> None:
+    """A trial created just as the database went away has no heartbeat, so Optuna never fails it as
+    stale: fail (and so retry) those started more than grace + 30 s ago (client clocks)."""
+    deadline = datetime.datetime.now() - datetime.timedelta(seconds=search.grace_period + 30)
+    for number in optuna_compat.fail_trials_without_heartbeat(study, trials, deadline):
+        log.warning("trial %d never reported a heartbeat; failed so that it is retried", number)
+
+
 # --- best parameters and the final run ----------------------------------------------------------------
 
 
-def _fail_trials_that_never_beat(study: optuna.Study, trials: list, search: SearchConfig) -> None:
-    """Fail (and so retry) RUNNING trials that never recorded a heartbeat: a trial created just as the
-    database went away has none, and Optuna's stale check skips such trials, so it would stay RUNNING
-    forever and every worker would wait for it. Started more than grace + 30 s ago (client clocks)."""
-    import datetime
-
-    import optuna
-    from optuna.storages._rdb import models
-    from optuna.trial import TrialState
-
-    storage = study._storage
-    rdb = getattr(storage, "_backend", storage)  # a Study wraps its RDBStorage in a cache
-    if not isinstance(rdb, optuna.storages.RDBStorage):
-        return
-    deadline = datetime.datetime.now() - datetime.timedelta(seconds=search.grace_period + 30)
-    old = {t._trial_id: t for t in trials if t.state == TrialState.RUNNING and t.datetime_start < deadline}
-    if not old:
-        return
-    session = rdb.scoped_session()
-    try:
-        beating = {
-            row[0]
-            for row in session.query(models.TrialHeartbeatModel.trial_id)
-            .filter(models.TrialHeartbeatModel.trial_id.in_(list(old)))
-            .all()
-        }
-    finally:
-        session.close()
-    callback = rdb.get_heartbeat_stale_trial_callback()
-    for trial_id in set(old) - beating:
-        try:
-            if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
-                continue
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue  # another worker failed it first
-        log.warning("trial %d never reported a heartbeat; failed so that it is retried", old[trial_id].number)
-        if callback is not None:
-            callback(study, storage.get_trial(trial_id))
-
-
 def best_hyperparams(study: optuna.Study, search: SearchConfig) -> dict[str, Any]:
-    import optuna
-
-    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not complete:
         raise UserError(
             f"study {study.study_name!r} has no completed trial yet; run `sideformer search` first."
@@ -522,9 +374,7 @@ def best_hyperparams(study: optuna.Study, search: SearchConfig) -> dict[str, Any
         "best_epoch": int(best.user_attrs.get("best_epoch", search.epochs)),
         "params": params,
         "finished_trials": len(
-            study.get_trials(
-                deepcopy=False, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-            )
+            study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
         ),
     }
 
@@ -549,6 +399,18 @@ def read_hyperparams(path: str | Path) -> dict[str, Any]:
         )
     apply_params(Config(), doc["params"], source=str(path))  # unknown keys and bad values fail here
     return doc
+
+
+def best_for_final(
+    config: Config, storage_url: str | None, study_name: str, hyperparams_file: Path | None
+) -> dict[str, Any]:
+    """From `hyperparams_file`, else from the study (and then written to OUTPUT/best_hyperparams.json)."""
+    if hyperparams_file is not None:
+        return read_hyperparams(hyperparams_file)
+    storage = open_storage(resolve_storage_url(storage_url, config.output), config.search)
+    best = best_hyperparams(load_study(storage, study_name), config.search)
+    atomic_write_json(RunDir(config.output).hyperparams, best)
+    return best
 
 
 def run_final(config: Config, best: dict[str, Any], env: DistEnv | None = None) -> TrainResult:

@@ -1,12 +1,17 @@
-"""Helpers that write small datasets by hand."""
+"""Helpers: small datasets written by hand, and waiting for something to happen."""
 
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import cv2
 import numpy as np
+
+T = TypeVar("T")
 
 
 def write_pair(
@@ -27,3 +32,20 @@ def write_metadata_json(root: Path, doc: dict) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     (root / "metadata.json").write_text(json.dumps(doc))
     return root
+
+
+def wait_until(
+    condition: Callable[[], T], timeout: float, message: str | Callable[[], str], interval: float = 0.05
+) -> T:
+    """Poll `condition` until it returns something truthy, and return that. After `timeout` seconds, fail
+    with `message` (a callable is called then, e.g. to read a log). `condition` may raise itself, e.g.
+    an AssertionError when the process it waits on has exited."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            detail = message() if callable(message) else message
+            raise AssertionError(f"timed out after {timeout:.0f} s: {detail}")
+        time.sleep(interval)

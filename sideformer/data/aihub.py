@@ -25,7 +25,7 @@ import random
 import shutil
 import xml.etree.ElementTree as ET
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -204,6 +204,11 @@ def parse_cvat_xml(
                 class_id = IGNORE_INDEX
             shapes.append(Shape(child.tag, class_name, class_id, points, z_order, order))  # type: ignore[arg-type]
         images.append((element, name, width, height, shapes))
+    if not images:  # a scene would vanish from the dataset without a word
+        raise UserError(
+            f"{xml}: annotates no images (no <image> elements). Export the task again as 'CVAT for images "
+            f"1.1', or move this file out of --src."
+        )
     return images
 
 
@@ -297,6 +302,88 @@ def convert_aihub(
 ) -> ConversionSummary:
     """Convert every scene under `src` into a dataset at `out` (which must be new or empty)."""
     src, out = Path(src), Path(out)
+    _check_folders(src, out, valid, test)
+
+    # Parse and check everything first: nothing is written for a conversion that would fail.
+    skipped: Counter = Counter()
+    # With --from masks the shapes are not drawn, so their labels cannot stop the conversion.
+    frames = _read_frames(src, "ignore" if source == "masks" else unknown, skip_missing, skipped)
+    if source == "masks":
+        _check_colour_masks(frames)
+    if not frames:
+        raise UserError(f"--src {src}: the XML files list no image found on disk; nothing to convert.")
+
+    assignment = split_scenes(frames, valid, test, seed)
+    jobs = [
+        (split, scene, frame)
+        for split, names in assignment.items()
+        for scene in names
+        for frame in frames[scene]
+    ]
+
+    def write(job: tuple[str, str, Frame]) -> tuple[str, str]:
+        split, scene, frame = job
+        stem = _output_stem(scene, frame.name)
+        image_rel = f"{split}/images/{stem}{frame.image.suffix.lower()}"
+        mask_rel = f"{split}/masks/{stem}.png"
+        if source == "polygons":
+            mask = render_mask(frame.shapes, frame.height, frame.width, polylines, line_width)
+        else:
+            mask = _read_colour_mask(frame)
+        atomic_write_bytes(out / mask_rel, cv2.imencode(".png", mask)[1].tobytes())
+        _place(frame.image, out / image_rel, link)
+        return image_rel, mask_rel
+
+    out.mkdir(parents=True, exist_ok=True)
+    pairs = _write_all(jobs, write, list(assignment), out, workers)
+    shapes_per_class = Counter(
+        shape.class_name
+        for scene_frames in frames.values()
+        for f in scene_frames
+        for shape in f.shapes
+        if source == "polygons"
+    )
+    summary = ConversionSummary(
+        out=out,
+        scenes=assignment,
+        images={split: len(p) for split, p in pairs.items()},
+        shapes_per_class=shapes_per_class,
+        skipped=skipped,
+    )
+    _write_conversion_record(summary, src, source, seed, valid, test, polylines)
+    # metadata.json last: a dataset folder with it is a finished conversion.
+    write_metadata(out, DATASET_NAME, CLASS_NAMES, PALETTE, pairs, ignore_index=IGNORE_INDEX)
+    return summary
+
+
+def _write_conversion_record(
+    summary: ConversionSummary,
+    src: Path,
+    source: MaskSource,
+    seed: int,
+    valid: float,
+    test: float,
+    polylines: PolylineMode,
+) -> None:
+    """conversion.json: how the dataset was made, enough to make it again."""
+    atomic_write_json(
+        summary.out / "conversion.json",
+        {
+            "source": str(src.resolve()),
+            "masks_from": source,
+            "seed": seed,
+            "valid_fraction": valid,
+            "test_fraction": test,
+            "polylines": polylines,
+            "scenes": summary.scenes,
+            "images": summary.images,
+            "shapes_per_class": dict(sorted(summary.shapes_per_class.items())),
+            "skipped": dict(summary.skipped),
+        },
+    )
+
+
+def _check_folders(src: Path, out: Path, valid: float, test: float) -> None:
     if not src.is_dir():
         raise UserError(f"--src {src}: no such folder. Point it at the unpacked Surface Masking archives.")
     if not 0 <= valid < 1 or not 0 <= test < 1 or valid + test >= 1:
@@ -306,21 +393,21 @@ def convert_aihub(
     if out.resolve().is_relative_to(src.resolve()):
         raise UserError(f"--out {out}: is inside --src {src}; choose a folder outside the source data.")
 
+
+def _read_frames(
+    src: Path, unknown: UnknownMode, skip_missing: bool, skipped: Counter
+) -> dict[str, list[Frame]]:
+    """Every annotated frame whose image is on disk, by scene (the XML's folder under `src`)."""
     xml_files = sorted(
         p for p in src.rglob("*.xml") if not set(p.relative_to(src).parts[:-1]) & set(MASK_DIRS)
     )
     if not xml_files:
         raise UserError(f"--src {src}: no CVAT .xml files found. Point it at the unpacked archives.")
-
-    # --- parse and check everything first ---
-    skipped: Counter = Counter()
     frames: dict[str, list[Frame]] = {}
     seen: dict[tuple[str, str], Path] = {}
     for xml in tqdm(xml_files, desc="reading XML", unit="file", leave=False, disable=None):
         scene = xml.parent.relative_to(src).as_posix()
-        # With --from masks the shapes are not drawn, so their labels cannot stop the conversion.
-        labels = "ignore" if source == "masks" else unknown
-        for _, name, width, height, shapes in parse_cvat_xml(xml, labels, skipped):
+        for _, name, width, height, shapes in parse_cvat_xml(xml, unknown, skipped):
             if (scene, name) in seen:
                 raise UserError(
                     f"{xml}: image {name!r} is also annotated in {seen[scene, name]}; keep one of the two."
@@ -336,42 +423,30 @@ def convert_aihub(
                 skipped["frames whose image is missing"] += 1
                 continue
             frames.setdefault(scene, []).append(Frame(xml, name, image, width, height, tuple(shapes)))
-    if source == "masks":
-        for scene_frames in frames.values():
-            for frame in scene_frames:
-                if _find_mask(frame) is None:
-                    raise UserError(
-                        f"{frame.xml}: no colour mask for image {frame.name!r} (expected "
-                        f"{frame.xml.parent / MASK_DIRS[0] / (Path(frame.name).stem + '.png')}). "
-                        f"Restore the MASK folder, or convert from the polygons (--from polygons)."
-                    )
-    if not frames:
-        raise UserError(f"--src {src}: the XML files list no image found on disk; nothing to convert.")
+    return frames
 
-    # --- write ---
-    assignment = split_scenes(frames, valid, test, seed)
-    jobs = [
-        (split, scene, frame)
-        for split, names in assignment.items()
-        for scene in names
-        for frame in frames[scene]
-    ]
-    out.mkdir(parents=True, exist_ok=True)
 
-    def write(job: tuple[str, str, Frame]) -> tuple[str, str]:
-        split, scene, frame = job
-        stem = _output_stem(scene, frame.name)
-        image_rel = f"{split}/images/{stem}{frame.image.suffix.lower()}"
-        mask_rel = f"{split}/masks/{stem}.png"
-        if source == "polygons":
-            mask = render_mask(frame.shapes, frame.height, frame.width, polylines, line_width)
-        else:
-            mask = _read_colour_mask(frame)
-        atomic_write_bytes(out / mask_rel, cv2.imencode(".png", mask)[1].tobytes())
-        _place(frame.image, out / image_rel, link)
-        return image_rel, mask_rel
+def _check_colour_masks(frames: dict[str, list[Frame]]) -> None:
+    for scene_frames in frames.values():
+        for frame in scene_frames:
+            if _find_mask(frame) is None:
+                raise UserError(
+                    f"{frame.xml}: no colour mask for image {frame.name!r} (expected "
+                    f"{frame.xml.parent / MASK_DIRS[0] / (Path(frame.name).stem + '.png')}). "
+                    f"Restore the MASK folder, or convert from the polygons (--from polygons)."
+                )
 
-    pairs: dict[str, list[tuple[str, str]]] = {split: [] for split in assignment}
+
+def _write_all(
+    jobs: list[tuple[str, str, Frame]],
+    write: Callable[[tuple[str, str, Frame]], tuple[str, str]],
+    splits: list[str],
+    out: Path,
+    workers: int | None,
+) -> dict[str, list[tuple[str, str]]]:
+    """Run `write` over the jobs in threads; (image, mask) paths per split, in job order. On any failure
+    `out` (new or empty before) is removed: no half-written dataset is left behind."""
+    pairs: dict[str, list[tuple[str, str]]] = {split: [] for split in splits}
     try:
         with ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as pool:
             results = pool.map(write, jobs)
@@ -380,41 +455,9 @@ def convert_aihub(
             ):
                 pairs[split].append(pair)
     except BaseException:
-        shutil.rmtree(out, ignore_errors=True)  # it was new or empty: leave no half-written dataset
+        shutil.rmtree(out, ignore_errors=True)
         raise
-
-    shapes_per_class = Counter(
-        shape.class_name
-        for scene_frames in frames.values()
-        for f in scene_frames
-        for shape in f.shapes
-        if source == "polygons"
-    )
-    summary = ConversionSummary(
-        out=out,
-        scenes=assignment,
-        images={split: len(p) for split, p in pairs.items()},
-        shapes_per_class=shapes_per_class,
-        skipped=skipped,
-    )
-    atomic_write_json(
-        out / "conversion.json",
-        {
-            "source": str(src.resolve()),
-            "masks_from": source,
-            "seed": seed,
-            "valid_fraction": valid,
-            "test_fraction": test,
-            "polylines": polylines,
-            "scenes": assignment,
-            "images": summary.images,
-            "shapes_per_class": dict(sorted(shapes_per_class.items())),
-            "skipped": dict(skipped),
-        },
-    )
-    # metadata.json last: a dataset folder with it is a finished conversion.
-    write_metadata(out, DATASET_NAME, CLASS_NAMES, PALETTE, pairs, ignore_index=IGNORE_INDEX)
-    return summary
+    return pairs
 
 
 def format_summary(summary: ConversionSummary) -> str:

@@ -34,7 +34,7 @@ class Problem:
 
 
 @dataclass
-class CheckReport:
+class DataCheck:
     problems: list[Problem]
     counts: dict[str, int]
     pixels_per_class: Counter
@@ -44,7 +44,7 @@ class CheckReport:
         return not self.problems
 
 
-def check_dataset(meta: DatasetMeta, required_splits: tuple[str, ...] = REQUIRED_SPLITS) -> CheckReport:
+def check_dataset(meta: DatasetMeta, required_splits: tuple[str, ...] = REQUIRED_SPLITS) -> DataCheck:
     problems: list[Problem] = []
     for split in required_splits:
         if not meta.split(split):
@@ -75,7 +75,7 @@ def check_dataset(meta: DatasetMeta, required_splits: tuple[str, ...] = REQUIRED
         for sample_problems, counts in pool.map(lambda s: _check_sample(s, meta), samples):
             problems.extend(sample_problems)
             pixels.update(counts)
-    return CheckReport(
+    return DataCheck(
         problems=problems,
         counts={split: len(s) for split, s in meta.splits.items()},
         pixels_per_class=pixels,
@@ -141,7 +141,7 @@ def _truncated_jpeg(path: Path) -> bool:
         return b"\xff\xd9" not in file.read()
 
 
-def format_report(meta: DatasetMeta, report: CheckReport) -> str:
+def format_check(meta: DatasetMeta, report: DataCheck) -> str:
     lines = [
         f"dataset {meta.name!r} at {meta.root}: {meta.num_classes} classes, ignore_index {meta.ignore_index}"
     ]

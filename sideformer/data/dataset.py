@@ -4,12 +4,12 @@ cheap, so workers ship 1 byte per pixel instead of 4."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 from sideformer.data.images import read_image, read_mask
 from sideformer.data.metadata import Sample
@@ -28,13 +28,44 @@ class SegmentationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """`item`: an index, or (index, augmentation seed) from an EpochSampler."""
+        if isinstance(item, tuple):
+            index, seed = item
+        else:  # torch seeds each loader worker differently every epoch: draw the seed from it
+            index, seed = item, int(torch.randint(0, 2**62, ()).item())
         sample = self.samples[index]
         image, mask = read_image(sample.image), read_mask(sample.mask, self.palette)
-        # torch seeds each loader worker differently every epoch; draw the augmentation seed from it.
-        rng = np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
-        image, mask = self.transform(image, mask, rng)
+        image, mask = self.transform(image, mask, np.random.default_rng(seed))
         return torch.from_numpy(image).permute(2, 0, 1), torch.from_numpy(mask)
+
+
+class EpochSampler(Sampler[tuple[int, int]]):
+    """One epoch's training order as (sample index, augmentation seed) pairs.
+
+    The order is a permutation drawn from (seed, epoch), split across ranks as DistributedSampler splits
+    it; each sample's augmentation seed is a function of (seed, epoch, index). So an epoch is the same
+    whatever the loader's worker count, and a run resumed inside an epoch (`skip`: samples this rank has
+    already trained on) sees exactly the batches and augmentations the interrupted run would have."""
+
+    def __init__(self, size: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        self.order = DistributedSampler(range(size), world_size, rank, shuffle=True, seed=seed)  # type: ignore[arg-type]
+        self.seed = seed
+        self.epoch = 0
+        self.skip = 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        self.order.set_epoch(self.epoch)
+        for position, index in enumerate(self.order):
+            if position >= self.skip:
+                seed = np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0]
+                yield index, int(seed)
+
+    def __len__(self) -> int:
+        return len(self.order) - self.skip
 
 
 def pad_collate(

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from sideformer.atomic import atomic_write_json
+from sideformer.config import SPLITS
 from sideformer.errors import UserError
 
 METADATA_FILE = "metadata.json"
-SPLITS = ("train", "valid", "test")
 DEFAULT_IGNORE_INDEX = 255
 
 

@@ -8,10 +8,11 @@ from __future__ import annotations
 import json
 import secrets
 import subprocess
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tests.helpers import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE = "sideformer:cpu"
@@ -112,16 +113,18 @@ class Container:
         docker("rm", "--force", self.name, check=False)
 
     def wait_for_log(self, text: str, timeout: float = 300) -> None:
-        deadline = time.monotonic() + timeout
-        while text not in self.logs():
+
+        def logged() -> bool:
+            if text in self.logs():
+                return True
             state = json.loads(docker("inspect", self.name).stdout)[0]["State"]
             if not state["Running"]:
                 raise AssertionError(
                     f"{self.name} exited {state['ExitCode']} before {text!r}:\n{self.logs()}"
                 )
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{self.name}: no {text!r} within {timeout:.0f} s:\n{self.logs()}")
-            time.sleep(1)
+            return False
+
+        wait_until(logged, timeout, lambda: f"{self.name}: no {text!r}:\n{self.logs()}", interval=1)
 
 
 def writable_dir(path: Path) -> Path:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from sideformer import distributed
 from sideformer.config import load_config
 from sideformer.train import train
 
@@ -21,7 +22,8 @@ if __name__ == "__main__":
     data, output, dump_dir, *overrides = sys.argv[1:]
     config = load_config(overrides=overrides)
     config.data.path, config.output = data, output
-    result = train(config)
+    with distributed.process_group(config.train.device) as env:
+        result = train(config, env=env)
     assert result.model is not None
     params = {name: p.detach().cpu() for name, p in result.model.named_parameters()}
     torch.save(params, Path(dump_dir) / f"params_rank{os.environ['RANK']}.pt")

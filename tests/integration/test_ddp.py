@@ -13,7 +13,7 @@ from transformers import SegformerForSemanticSegmentation
 
 from sideformer.data.metadata import load_metadata
 from sideformer.distributed import DistEnv
-from sideformer.evaluation import eval_loader, evaluate
+from sideformer.validation import eval_loader, evaluate
 from tests.integration.conftest import REPO, TINY, env_for, free_port, sideformer
 
 pytestmark = pytest.mark.slow

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import wait_until
 from tests.integration.conftest import REPO, TINY, env_for, sideformer
 
 pytestmark = pytest.mark.slow
@@ -35,11 +35,15 @@ def test_sigkill_then_resume_continues_from_the_last_checkpoint(
     output = tmp_path / "run"
     proc = subprocess.Popen(train_cmd(synth_dataset, output), env=env_for(), cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.monotonic() + 300
-    while epochs_logged(output) < 2 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    try:
+        wait_until(
+            lambda: epochs_logged(output) >= 2 or proc.poll() is not None,
+            300,
+            "two epochs in train_log.jsonl",
+        )
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
     killed_after = epochs_logged(output)
     assert 2 <= killed_after < EPOCHS, (
         f"kill landed after epoch {killed_after}; the run was too fast to interrupt"

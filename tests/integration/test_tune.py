@@ -16,6 +16,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
+from tests.helpers import wait_until
 from tests.integration.conftest import REPO, env_for, free_port, sideformer
 from tests.pg import PostgresServer
 
@@ -71,11 +72,14 @@ def wait_all(procs: list[subprocess.Popen], logs: list[Path], timeout: float = 9
 def wait_for_running_trial(
     study: optuna.Study, proc: subprocess.Popen, log: Path, timeout: float = 120
 ) -> None:
-    deadline = time.monotonic() + timeout
-    while not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+
+    def started() -> bool:
+        if study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            return True
         assert proc.poll() is None, f"worker exited {proc.returncode}:\n{log.read_text()[-3000:]}"
-        assert time.monotonic() < deadline, f"no trial started in {timeout:.0f} s:\n{log.read_text()[-3000:]}"
-        time.sleep(0.5)
+        return False
+
+    wait_until(started, timeout, lambda: f"no trial started:\n{log.read_text()[-3000:]}", interval=0.5)
 
 
 def create_study(config: Path, url: str, run) -> None:
@@ -136,10 +140,13 @@ def test_a_killed_worker_s_trial_is_retried_and_resumes(
     first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
     first = start(search_cmd(synth_dataset, output, config, postgres_url, "--seed", "1"), first_log)
     progress = output / "trials/trial_0000/train_log.jsonl"
-    deadline = time.monotonic() + 300
-    while (not progress.exists() or len(progress.read_text().splitlines()) < 2) and first.poll() is None:
-        assert time.monotonic() < deadline, first_log.read_text()
-        time.sleep(0.05)
+    wait_until(
+        lambda: (
+            (progress.exists() and len(progress.read_text().splitlines()) >= 2) or first.poll() is not None
+        ),
+        300,
+        first_log.read_text,
+    )
     first.send_signal(signal.SIGKILL)
     first.wait()
 
@@ -170,10 +177,14 @@ def test_workers_survive_a_database_restart(
         for i in range(2)
     ]
     study = optuna.load_study(study_name="test", storage=postgres_url)
-    deadline = time.monotonic() + 300
-    while not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        assert time.monotonic() < deadline and all(p.poll() is None for p in procs), logs[0].read_text()
-        time.sleep(0.2)
+
+    def one_complete() -> bool:
+        if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            return True
+        assert all(p.poll() is None for p in procs), logs[0].read_text()
+        return False
+
+    wait_until(one_complete, 300, logs[0].read_text, interval=0.2)
     postgres_server.restart()
     wait_all(procs, logs)
     finished = optuna.load_study(study_name="test", storage=postgres_url).get_trials(states=FINISHED)
@@ -197,15 +208,15 @@ def test_optuna_dashboard_serves_the_study(
     )  # fmt: skip
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
+
+        def studies_page() -> dict | None:
             try:
-                response = urllib.request.urlopen(f"{base}/api/studies", timeout=5)
-                studies = json.loads(response.read())["study_summaries"]
-                break
+                return json.loads(urllib.request.urlopen(f"{base}/api/studies", timeout=5).read())
             except OSError:
-                assert time.monotonic() < deadline and dashboard.poll() is None, "dashboard did not start"
-                time.sleep(0.5)
+                assert dashboard.poll() is None, "dashboard did not start"
+                return None
+
+        studies = wait_until(studies_page, 60, "dashboard did not start", interval=0.5)["study_summaries"]
         (summary,) = [s for s in studies if s["study_name"] == "test"]
         detail = json.loads(
             urllib.request.urlopen(f"{base}/api/studies/{summary['study_id']}", timeout=10).read()

@@ -12,7 +12,8 @@ import pytest
 from sideformer import plots
 from sideformer.data.classes import CLASS_NAMES, PALETTE
 from sideformer.errors import UserError
-from sideformer.predict import default_palette, inference_size, resolve_model_dir
+from sideformer.predict import inference_size
+from sideformer.trained_model import default_palette, resolve_model_dir
 
 
 def test_nice_ticks_are_round_and_cover_the_range() -> None:

@@ -10,7 +10,8 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 import sideformer
 from sideformer.config import Config, load_config
 from sideformer.errors import UserError
-from sideformer.tune import apply_params, parse_space, read_hyperparams, resolve_storage_url, space_size
+from sideformer.study import resolve_storage_url
+from sideformer.tune import apply_params, parse_space, read_hyperparams, space_size
 
 CONFIGS = Path(sideformer.__file__).parent / "configs"
 

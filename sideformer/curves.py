@@ -12,9 +12,7 @@ import numpy as np
 
 from sideformer import plots
 from sideformer.errors import UserError
-
-CURVES_FILE = "training_curves.png"
-
+from sideformer.rundir import RunDir
 
 # --- training curves -------------------------------------------------------------------------------
 
@@ -22,7 +20,7 @@ CURVES_FILE = "training_curves.png"
 def read_history(run: str | Path) -> list[dict[str, Any]]:
     """The per-epoch records of a run: train_log.jsonl, else the history in metrics.json."""
     run = Path(run)
-    log_file = run / "train_log.jsonl"
+    log_file = RunDir(run).train_log
     if log_file.is_file():
         history = []
         for number, line in enumerate(log_file.read_text(encoding="utf-8").splitlines(), 1):
@@ -34,7 +32,7 @@ def read_history(run: str | Path) -> list[dict[str, Any]]:
                 raise UserError(f"{log_file}:{number}: not a JSON object; the log is damaged.") from None
         if history:
             return history
-    metrics = run / "metrics.json"
+    metrics = RunDir(run).metrics
     if metrics.is_file():
         try:
             history = json.loads(metrics.read_text(encoding="utf-8")).get("history") or []
@@ -79,4 +77,13 @@ def training_curves(history: list[dict[str, Any]], title: str = "") -> np.ndarra
 def write_training_curves(run: str | Path, out: str | Path | None = None) -> Path:
     run = Path(run)
     history = read_history(run)
-    return plots.write_png(out or run / CURVES_FILE, training_curves(history, run.resolve().name))
+    return plots.write_png(out or RunDir(run).curves, training_curves(history, run.resolve().name))
+
+
+def describe_curves(history: list[dict[str, Any]], path: Path) -> str:
+    """What `sideformer report` prints: the epochs, the best mIoU and where the picture is."""
+    best = max(history, key=lambda h: h.get("val_miou") or 0.0)
+    return (
+        f"{len(history)} epoch(s); highest val mIoU {best.get('val_miou', float('nan')):.4f} at epoch "
+        f"{best.get('epoch')}\ntraining curves: {path}"
+    )

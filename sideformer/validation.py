@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -19,7 +18,7 @@ from sideformer.data.metadata import DatasetMeta
 from sideformer.data.transforms import EvalTransform
 from sideformer.distributed import DistEnv, all_reduce_sum
 from sideformer.metrics import ConfusionMatrix, SegMetrics
-from sideformer.model import normalize, upsample_logits
+from sideformer.model import training_loss
 
 
 @dataclass(frozen=True)
@@ -81,20 +80,13 @@ def evaluate(
     confusion = ConfusionMatrix(num_classes, ignore_index, env.device)
     loss_sum = torch.zeros((), dtype=torch.float64, device=env.device)
     pixel_count = torch.zeros((), dtype=torch.float64, device=env.device)
-    autocast = (
-        torch.autocast(env.device.type, dtype=autocast_dtype) if autocast_dtype is not None else nullcontext()
-    )
     for images, masks in loader:
-        images = normalize(images.to(env.device, non_blocking=True))
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
+        images = images.to(env.device, non_blocking=True)
         masks = masks.to(env.device, non_blocking=True).long()
-        with autocast:
-            logits = model(pixel_values=images).logits
-        logits = upsample_logits(logits.float(), masks.shape[-2:])
-        loss_sum += torch.nn.functional.cross_entropy(
-            logits, masks, ignore_index=ignore_index, reduction="sum"
+        batch_loss, logits = training_loss(
+            model, images, masks, ignore_index, autocast_dtype, channels_last, reduction="sum"
         )
+        loss_sum += batch_loss
         pixel_count += (masks != ignore_index).sum()
         predictions = logits.argmax(1)
         confusion.update(predictions, masks)
