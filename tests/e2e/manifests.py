@@ -39,6 +39,10 @@ VALUES_PRESETS: dict[str, tuple[Path, ...]] = {"default": (), "kind": (KIND_VALU
 
 # What the Training Operator v1.9 sets in every PyTorchJob pod (see DESIGN.md, Training).
 OPERATOR_MASTER_PORT = 23456
+# The init container it appends to Worker pods when the job has a Master (kubeflow/trainer v1.9,
+# pkg/controller.v1/pytorch/initcontainer.go: default template, image and --pytorch-init-container-max-tries).
+OPERATOR_INIT_IMAGE = "alpine:3.10"
+OPERATOR_INIT_MAX_TRIES = 100
 
 
 def schemas_dir() -> Path:
@@ -330,3 +334,41 @@ def operator_env(job: dict[str, Any], replica: str = "Master", index: int = 0) -
         "PET_MASTER_PORT": str(OPERATOR_MASTER_PORT),
         "PYTHONUNBUFFERED": "0",  # the operator's value (any non-empty value unbuffers Python)
     }
+
+
+def operator_init_containers(job: dict[str, Any], replica: str) -> list[dict[str, Any]]:
+    """`init-pytorch`, which the operator appends to the init containers of Worker pods: it waits until the
+    Master's Service name resolves (exit 1 after OPERATOR_INIT_MAX_TRIES tries, 2 s apart)."""
+    if replica != "Worker" or "Master" not in job["spec"]["pytorchReplicaSpecs"]:
+        return []
+    master = f"{job['metadata']['name']}-master-0"
+    script = (
+        f"err=1;for i in $(seq {OPERATOR_INIT_MAX_TRIES}); do if nslookup {master}; then err=0 && break; fi;"
+        "echo waiting for master; sleep 2; done; exit $err"
+    )
+    return [
+        {
+            "name": "init-pytorch",
+            "image": OPERATOR_INIT_IMAGE,
+            "imagePullPolicy": "IfNotPresent",
+            "resources": {
+                "limits": {"cpu": "100m", "memory": "20Mi"},
+                "requests": {"cpu": "50m", "memory": "10Mi"},
+            },
+            "command": ["sh", "-c", script],
+        }
+    ]
+
+
+def operator_pod_spec(job: dict[str, Any], replica: str, index: int) -> dict[str, Any]:
+    """The spec of pod `<job>-<replica>-<index>` as the operator creates it: the template's, with
+    `init-pytorch` appended to Worker pods, its variables added to every main container, and the replica's
+    restartPolicy (ExitCode becomes Never: the operator itself decides on restarts by exit code)."""
+    spec = copy.deepcopy(pytorchjob_pod(job, replica))
+    spec["initContainers"] = [*spec.get("initContainers", []), *operator_init_containers(job, replica)]
+    env = [{"name": k, "value": v} for k, v in operator_env(job, replica, index).items()]
+    for c in spec["containers"]:
+        c["env"] = [*c.get("env", []), *env]
+    policy = job["spec"]["pytorchReplicaSpecs"][replica].get("restartPolicy", "Never")
+    spec["restartPolicy"] = "Never" if policy == "ExitCode" else policy
+    return spec
