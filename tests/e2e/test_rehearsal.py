@@ -4,8 +4,9 @@ renders for ci/kind-values.yaml and that k8s/overlays/cpu renders runs as the cl
 
   pre-install hooks by weight -> every installed pod at once (PostgreSQL with its initdb script, the study
   creator, the tune workers until the study's budget is met, the dashboard; their init containers order
-  them) -> the dashboard lists the study on its Service port -> `helm test` pods -> the final PyTorchJob
-  (Master + Worker) -> the outputs the README promises -> the serving pods stopped as an uninstall would.
+  them; one tune worker's trainer is SIGKILLed mid-trial and restarts in place, as OnFailure does) -> the
+  dashboard lists the study on its Service port -> `helm test` pods -> the final PyTorchJob (Master +
+  Worker) -> the outputs the README promises -> the serving pods stopped as an uninstall would.
 
 It prints one table (pod, container, image, uid, exit code, seconds) and fails when the containers it ran
 differ from the containers rendered (the operator's `init-pytorch` on Worker pods counted in)."""
