@@ -39,7 +39,7 @@ image: docker
 test: $(STAMP) postgres docker
 	$(BIN)/ruff check sideformer tests benchmarks image
 	$(BIN)/ruff format --check sideformer tests benchmarks image
-	$(BIN)/shellcheck tests/pg/install-postgres.sh tests/e2e/start-docker.sh image/*.sh
+	$(BIN)/shellcheck tests/pg/install-postgres.sh tests/e2e/start-docker.sh image/*.sh image/stand-ins/*.sh
 	$(BIN)/hadolint Dockerfile
 	$(BIN)/shellcheck tests/e2e/kind.sh helm/sideformer-tune/files/*.sh
 	$(BIN)/yamllint -c .yamllint.yaml $(K8S_YAML)

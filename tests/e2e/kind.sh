@@ -4,14 +4,14 @@
 #   ci/kind-values.yaml -> the study finishes (tune-worker PyTorchJobs Succeeded) -> final PyTorchJob
 #   (k8s/overlays/cpu) Succeeded -> outputs checked -> helm test -> clean uninstall.
 #
-# Needs docker, kind, kubectl (>= 1.27) and helm (3.8+ or 4) on PATH, and network access for the operator
+# Needs docker, kind, kubectl (>= 1.27) and helm (>= 4.1) on PATH, and network access for the operator
 # manifests and the postgres image. The development machines of this project have none of these (no
 # kind, no registry); CI runs it (.github/workflows/kind-e2e.yml), and so can anyone with kind:
 #   docker build --build-arg TORCH_VARIANT=cpu -t sideformer:cpu .   # or let this script build it
 #   tests/e2e/kind.sh
 # Environment: KIND_CLUSTER (default sideformer-e2e), IMAGE (sideformer:cpu), NAMESPACE (sideformer),
 # TRAINING_OPERATOR_REF (v1.9.4: the release whose CRD the tests validate against), KEEP_CLUSTER=1 to
-# keep a cluster this script created, STUDY_TIMEOUT and FINAL_TIMEOUT in seconds.
+# keep a cluster this script created, STUDY_TIMEOUT, FINAL_TIMEOUT and CLAIM_TIMEOUT in seconds.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -25,6 +25,7 @@ TRAINING_OPERATOR_REF=${TRAINING_OPERATOR_REF:-v1.9.4}
 TRAINING_OPERATOR="github.com/kubeflow/trainer.git/manifests/overlays/standalone?ref=${TRAINING_OPERATOR_REF}"
 STUDY_TIMEOUT=${STUDY_TIMEOUT:-2400}
 FINAL_TIMEOUT=${FINAL_TIMEOUT:-1200}
+CLAIM_TIMEOUT=${CLAIM_TIMEOUT:-180}
 KEEP_CLUSTER=${KEEP_CLUSTER:-0}
 CHART="$ROOT/helm/sideformer-tune"
 VALUES="$CHART/ci/kind-values.yaml"
@@ -64,6 +65,48 @@ trap on_exit EXIT
 for tool in docker kind kubectl helm; do
     command -v "$tool" >/dev/null || fail "kind.sh needs $tool on PATH"
 done
+# `helm test --logs` fetches the logs of test pods that `hook-succeeded` has already deleted: before
+# Helm 4.1 that fails the run ("unable to get pod logs").
+helm_version=$(helm version --template '{{.Version}}')
+if ! [[ $helm_version =~ ^v([0-9]+)\.([0-9]+) ]] ||
+    ((BASH_REMATCH[1] < 4 || (BASH_REMATCH[1] == 4 && BASH_REMATCH[2] < 1))); then
+    fail "kind.sh needs Helm >= 4.1 (found '${helm_version}'): older versions fail 'helm test --logs' on hook-succeeded test pods"
+fi
+
+# `kind load docker-image` fails for some images under Docker's containerd image store; an archive works.
+load_image() {
+    local archive
+    kind load docker-image "$IMAGE" --name "$CLUSTER" && return 0
+    echo "kind load docker-image failed; loading $IMAGE through docker save and kind load image-archive"
+    archive=$(mktemp --suffix=.tar)
+    docker save --output "$archive" "$IMAGE"
+    kind load image-archive "$archive" --name "$CLUSTER"
+    rm -f "$archive"
+}
+
+# helm install --wait, but a claim that cannot bind (an access mode its storage class lacks, no default
+# class) fails within CLAIM_TIMEOUT with the claim's events instead of after the whole --timeout.
+install_chart() {
+    local start=$SECONDS pending warnings helm_pid
+    helm install "$RELEASE" "$CHART" --namespace "$NAMESPACE" -f "$VALUES" --wait --timeout 10m &
+    helm_pid=$!
+    while true; do
+        pending=$(k get pvc --selector "app.kubernetes.io/instance=$RELEASE" \
+            -o jsonpath='{range .items[?(@.status.phase=="Pending")]}{.metadata.name}{" "}{end}')
+        warnings=$(k get events --field-selector type=Warning,involvedObject.kind=PersistentVolumeClaim \
+            -o jsonpath='{range .items[*]}{.involvedObject.name}: {.reason}: {.message}{"\n"}{end}')
+        if [ -n "$pending" ] && { [ -n "$warnings" ] || [ $((SECONDS - start)) -ge "$CLAIM_TIMEOUT" ]; }; then
+            kill "$helm_pid" 2>/dev/null || true
+            for claim in $pending; do
+                k describe pvc "$claim" || true
+            done
+            fail "claim(s) still Pending after $((SECONDS - start))s: ${pending}${warnings:+; events: $warnings}"
+        fi
+        kill -0 "$helm_pid" 2>/dev/null || break
+        sleep 5
+    done
+    wait "$helm_pid" || fail "helm install $RELEASE failed"
+}
 
 # Wait for a PyTorchJob with `kubectl wait --for=condition=Succeeded`, failing fast when it turns Failed.
 wait_pytorchjob() {
@@ -148,7 +191,7 @@ if ! kind get clusters | grep -qx "$CLUSTER"; then
     CREATED_CLUSTER=1
 fi
 kubectl config use-context "kind-$CLUSTER"
-kind load docker-image "$IMAGE" --name "$CLUSTER"
+load_image
 
 log "Kubeflow Training Operator $TRAINING_OPERATOR_REF (standalone)"
 kubectl apply --server-side -k "$TRAINING_OPERATOR"
@@ -157,7 +200,7 @@ kubectl --namespace kubeflow rollout status deployment/training-operator --timeo
 
 log "helm install $RELEASE (ci/kind-values.yaml)"
 kubectl create namespace "$NAMESPACE" --dry-run=client -o yaml | kubectl apply -f -
-helm install "$RELEASE" "$CHART" --namespace "$NAMESPACE" -f "$VALUES" --wait --timeout 10m
+install_chart
 k wait --for=condition=Complete job --selector app.kubernetes.io/component=study-creator --timeout=300s
 
 log "the study runs until its budget is spent"

@@ -15,6 +15,7 @@ Render with the release name `sideformer-tune` (the default): `k8s/` refers to t
 
 from __future__ import annotations
 
+import base64
 import copy
 import os
 import shutil
@@ -39,6 +40,10 @@ VALUES_PRESETS: dict[str, tuple[Path, ...]] = {"default": (), "kind": (KIND_VALU
 
 # What the Training Operator v1.9 sets in every PyTorchJob pod (see DESIGN.md, Training).
 OPERATOR_MASTER_PORT = 23456
+# The init container it appends to Worker pods when the job has a Master (kubeflow/trainer v1.9,
+# pkg/controller.v1/pytorch/initcontainer.go: default template, image and --pytorch-init-container-max-tries).
+OPERATOR_INIT_IMAGE = "alpine:3.10"
+OPERATOR_INIT_MAX_TRIES = 100
 
 
 def schemas_dir() -> Path:
@@ -208,6 +213,24 @@ def component(objects: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
     ]
 
 
+def secret_data(objects: list[dict[str, Any]], name: str) -> dict[str, str] | None:
+    """The decoded data of the Secret `name` (data and stringData), or None when nothing renders it."""
+    found = find(objects, "Secret", name)
+    if not found:
+        return None
+    data = {k: base64.b64decode(v).decode() for k, v in (found[0].get("data") or {}).items()}
+    return {**data, **(found[0].get("stringData") or {})}
+
+
+def config_map_data(objects: list[dict[str, Any]], name: str) -> dict[str, str] | None:
+    """The data of the ConfigMap `name` (data and binaryData), or None when nothing renders it."""
+    found = find(objects, "ConfigMap", name)
+    if not found:
+        return None
+    binary = {k: base64.b64decode(v).decode() for k, v in (found[0].get("binaryData") or {}).items()}
+    return {**(found[0].get("data") or {}), **binary}
+
+
 def pytorchjob_pod(job: dict[str, Any], replica: str) -> dict[str, Any]:
     """The pod spec of a PyTorchJob replica ("Master" or "Worker")."""
     specs = job["spec"]["pytorchReplicaSpecs"]
@@ -330,3 +353,41 @@ def operator_env(job: dict[str, Any], replica: str = "Master", index: int = 0) -
         "PET_MASTER_PORT": str(OPERATOR_MASTER_PORT),
         "PYTHONUNBUFFERED": "0",  # the operator's value (any non-empty value unbuffers Python)
     }
+
+
+def operator_init_containers(job: dict[str, Any], replica: str) -> list[dict[str, Any]]:
+    """`init-pytorch`, which the operator appends to the init containers of Worker pods: it waits until the
+    Master's Service name resolves (exit 1 after OPERATOR_INIT_MAX_TRIES tries, 2 s apart)."""
+    if replica != "Worker" or "Master" not in job["spec"]["pytorchReplicaSpecs"]:
+        return []
+    master = f"{job['metadata']['name']}-master-0"
+    script = (
+        f"err=1;for i in $(seq {OPERATOR_INIT_MAX_TRIES}); do if nslookup {master}; then err=0 && break; fi;"
+        "echo waiting for master; sleep 2; done; exit $err"
+    )
+    return [
+        {
+            "name": "init-pytorch",
+            "image": OPERATOR_INIT_IMAGE,
+            "imagePullPolicy": "IfNotPresent",
+            "resources": {
+                "limits": {"cpu": "100m", "memory": "20Mi"},
+                "requests": {"cpu": "50m", "memory": "10Mi"},
+            },
+            "command": ["sh", "-c", script],
+        }
+    ]
+
+
+def operator_pod_spec(job: dict[str, Any], replica: str, index: int) -> dict[str, Any]:
+    """The spec of pod `<job>-<replica>-<index>` as the operator creates it: the template's, with
+    `init-pytorch` appended to Worker pods, its variables added to every main container, and the replica's
+    restartPolicy (ExitCode becomes Never: the operator itself decides on restarts by exit code)."""
+    spec = copy.deepcopy(pytorchjob_pod(job, replica))
+    spec["initContainers"] = [*spec.get("initContainers", []), *operator_init_containers(job, replica)]
+    env = [{"name": k, "value": v} for k, v in operator_env(job, replica, index).items()]
+    for c in spec["containers"]:
+        c["env"] = [*c.get("env", []), *env]
+    policy = job["spec"]["pytorchReplicaSpecs"][replica].get("restartPolicy", "Never")
+    spec["restartPolicy"] = "Never" if policy == "ExitCode" else policy
+    return spec

@@ -558,3 +558,50 @@ def test_database_scripts_on_a_real_postgres_server(postgres_server, tmp_path, m
             cur.execute(f'DROP ROLE IF EXISTS "{tuner}"')
             cur.execute(f'DROP ROLE IF EXISTS "{viewer}"')
         admin.close()
+
+
+# --- what a first real install would hit -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_pod_gets_the_image_pull_secrets(preset):
+    """A private registry needs them on every pod: PostgreSQL and the `helm test` pods included."""
+    objects = render(preset, imagePullSecrets=[{"name": "registry"}])
+    pods = [(o["metadata"]["name"], spec) for o in objects for spec in m.pod_specs(o)]
+    assert len(pods) >= 6
+    missing = [name for name, spec in pods if spec.get("imagePullSecrets") != [{"name": "registry"}]]
+    assert not missing, missing
+
+
+def test_dashboard_default_image_is_the_cpu_build():
+    def dashboard_image(**set_values):
+        deployment = m.one(render("default", **set_values), "Deployment")
+        return m.container(m.pod_spec(deployment), "dashboard")["image"]
+
+    assert yaml.safe_load((m.CHART_DIR / "values.yaml").read_text())["image"]["tag"] == "cuda"
+    assert dashboard_image() == "sideformer:cpu"  # not image.tag (cuda): no GPU, several GB less
+    assert dashboard_image(**{"dashboard.image.tag": "v2"}) == "sideformer:v2"
+    assert dashboard_image(**{"image.repository": "registry.example/sf"}) == "registry.example/sf:cpu"
+
+
+def test_pod_names_over_63_characters_fail_at_render():
+    """The operator names pods (and their Services) <job>-worker-<i>; past 63 characters they never start."""
+    fits = (
+        "x" * 45
+    )  # x...-tune-1-worker-0 is 61 characters with the kind values (2 workers, 2 pods per trial)
+    assert m.find(m.render_chart(m.KIND_VALUES, set_values={"fullnameOverride": fits}), "PyTorchJob")
+    with pytest.raises(helm.HelmRenderError, match="66 characters, over Kubernetes' limit of 63"):
+        m.render_chart(m.KIND_VALUES, set_values={"fullnameOverride": "x" * 50})
+    with pytest.raises(helm.HelmRenderError, match="-tune-11-worker-0 would be 64 characters"):
+        m.render_chart(m.KIND_VALUES, set_values={"fullnameOverride": "x" * 47, "tune.workers": 12})
+
+
+def test_notes_point_only_at_files_the_packaged_chart_holds_or_say_where_they_are():
+    notes = m.render_notes()
+    ignored = [line.strip() for line in (m.CHART_DIR / ".helmignore").read_text().splitlines()]
+    assert "k8s/" not in ignored and "files/" not in ignored
+    for path in re.findall(r"(?<![\w/.:-])((?:k8s|files|templates|ci|examples)/[\w./-]*[\w])", notes):
+        if (m.CHART_DIR / path).exists():
+            continue  # packaged with the chart
+        assert (m.REPO / path).exists(), f"NOTES.txt names {path}, which exists nowhere"
+        assert "not\n   part of this chart: they are in the SideFormer repository" in notes, path

@@ -31,16 +31,26 @@ kubectl)
     *" get pytorchjob $FAIL_JOB "*'type=="Failed")].status'*) printf 'True' ;;
     *" get pytorchjob $FAIL_JOB "*'type=="Failed")].message'*) printf 'pods failed\n' ;;
     *" get pod "*"{{.status.phase}}"*) printf 'Succeeded' ;;
+    *" get pvc "*) [ -z "${PENDING_CLAIM:-}" ] || printf '%s ' "$PENDING_CLAIM" ;;
+    *" get events "*"PersistentVolumeClaim"*)
+        [ -z "${PENDING_CLAIM:-}" ] ||
+            printf '%s: ProvisioningFailed: access mode ReadWriteMany is not supported\n' "$PENDING_CLAIM" ;;
     *" -o name "*) ;;
     esac ;;
 kind)
-    case "$args" in *" get clusters "*) ;; esac ;;
+    case "$args" in
+    *" load docker-image "*) [ -z "${KIND_LOAD_FAILS:-}" ] || exit 1 ;;
+    esac ;;
+helm)
+    case "$args" in *" version "*) printf '%s' "${HELM_VERSION:-v4.2.3}" ;; esac ;;
 esac
 exit 0
 """
 
 
-def run_script(tmp_path: Path, fail_job: str = "none") -> tuple[subprocess.CompletedProcess, list[str], Path]:
+def run_script(
+    tmp_path: Path, fail_job: str = "none", **env_extra: str
+) -> tuple[subprocess.CompletedProcess, list[str], Path]:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for tool in ("docker", "kind", "kubectl", "helm"):
@@ -54,6 +64,7 @@ def run_script(tmp_path: Path, fail_job: str = "none") -> tuple[subprocess.Compl
         "STUB_LOG": str(log),
         "STUB_DIR": str(tmp_path),
         "FAIL_JOB": fail_job,
+        **env_extra,
     }
     run = subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=120)
     calls = log.read_text().splitlines() if log.exists() else []
@@ -115,3 +126,32 @@ def test_kind_script_fails_fast_on_a_failed_pytorchjob(tmp_path, job):
     assert not any("helm test" in c for c in calls)
     index_of(calls, "describe pytorchjobs")  # diagnostics on the way out
     index_of(calls, "kind delete cluster --name sideformer-e2e")
+
+
+@pytest.mark.parametrize("version", ["v3.18.4", "v4.0.5", "garbage"])
+def test_kind_script_requires_helm_4_1_for_helm_test_logs(tmp_path, version):
+    run, calls, _ = run_script(tmp_path, HELM_VERSION=version)
+    assert run.returncode == 1
+    assert f"kind.sh needs Helm >= 4.1 (found '{version}')" in run.stderr
+    assert not any(c.startswith("kind create") for c in calls)
+
+
+def test_kind_script_loads_the_image_through_an_archive_when_kind_load_fails(tmp_path):
+    run, calls, _ = run_script(tmp_path, KIND_LOAD_FAILS="1")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    steps = [
+        index_of(calls, "kind load docker-image sideformer:cpu"),
+        index_of(calls, "docker save --output", "sideformer:cpu"),
+        index_of(calls, "kind load image-archive", "--name sideformer-e2e"),
+        index_of(calls, "helm install sideformer-tune"),
+    ]
+    assert steps == sorted(steps), calls
+
+
+def test_kind_script_fails_fast_on_a_pending_claim_with_its_events(tmp_path):
+    run, calls, _ = run_script(tmp_path, PENDING_CLAIM="sideformer-tune-output")
+    assert run.returncode == 1
+    assert "claim(s) still Pending" in run.stderr and "sideformer-tune-output" in run.stderr
+    assert "ProvisioningFailed: access mode ReadWriteMany is not supported" in run.stderr
+    index_of(calls, "describe pvc sideformer-tune-output")
+    assert not any("wait --for=condition=Complete job" in c for c in calls)

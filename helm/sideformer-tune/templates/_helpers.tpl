@@ -101,6 +101,8 @@ app.kubernetes.io/part-of: sideformer
 {{/*
 Init container: wait until PostgreSQL accepts connections (pg_isready from the postgres image); argument:
 dict "root" $ "storageKey" <secret key>|"" . With a storage key, also wait until the study tables exist.
+PGUSER: libpq takes the default user name from the account of the current uid, and the postgres image
+has none for the pods' uid 1000: without a user name pg_isready answers "no attempt" (exit 3) forever.
 */}}
 {{- define "sideformer.waitForDatabase" -}}
 {{- $root := .root -}}
@@ -117,6 +119,8 @@ dict "root" $ "storageKey" <secret key>|"" . With a storage key, also wait until
       value: {{ include "sideformer.db.port" $root | quote }}
     - name: DB_WAIT_SECONDS
       value: {{ $root.Values.waitForDatabase.timeoutSeconds | quote }}
+    - name: PGUSER
+      value: {{ ternary $root.Values.postgresql.auth.username "postgres" $root.Values.postgresql.enabled | quote }}
     {{- with .storageKey }}
     {{- include "sideformer.env.storage" (dict "root" $root "key" .) | nindent 4 }}
     {{- end }}
