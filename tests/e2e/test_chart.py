@@ -855,3 +855,14 @@ def test_trainjob_pod_host_names_over_63_characters_fail_at_render():
     assert trainjobs_of(m.render_chart(m.KIND_VALUES, set_values={**values, "fullnameOverride": fits}))
     with pytest.raises(helm.HelmRenderError, match="-tune-1-node-0-1 would be 64 characters"):
         m.render_chart(m.KIND_VALUES, set_values={**values, "fullnameOverride": "x" * 48})
+
+
+def test_trainjob_runtime_exists_before_the_trainjobs_that_name_it():
+    """Helm installs kinds it does not know alphabetically (TrainJob < TrainingRuntime), and the Trainer's
+    webhook rejects a TrainJob whose runtime does not exist: the runtime is a pre-install hook, created
+    before any installed object."""
+    objects = render("kind", **TRAINJOB)
+    runtime = m.one(objects, "TrainingRuntime")
+    assert m.hook(runtime) == "pre-install"
+    assert not any(m.is_hook(job) for job in trainjobs_of(objects))
+    assert sorted(["TrainingRuntime", "TrainJob"]) == ["TrainJob", "TrainingRuntime"]  # Go's string order

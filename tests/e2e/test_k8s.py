@@ -229,3 +229,10 @@ def test_trainjob_overlay_environment_from_the_torch_plugin(trainjob_overlays):
     cpu = trainjob_overlays["trainjob-cpu"]
     pod = tj.trainjob_pod(m.one(cpu, "TrainJob"), cpu)
     assert {c["image"] for c in [*pod["initContainers"], *pod["containers"]]} == {"sideformer:cpu"}
+
+
+@pytest.mark.parametrize("overlay", tj.FINAL_OVERLAYS)
+def test_trainjob_overlay_applies_the_runtime_first(trainjob_overlays, overlay):
+    """`kubectl apply -k` creates objects in the rendered order; the Trainer's webhook rejects a TrainJob
+    whose runtime does not exist yet (sortOptions: fifo keeps the file's order)."""
+    assert [o["kind"] for o in trainjob_overlays[overlay]] == ["TrainingRuntime", "TrainJob"]
