@@ -15,6 +15,7 @@ Render with the release name `sideformer-tune` (the default): `k8s/` refers to t
 
 from __future__ import annotations
 
+import base64
 import copy
 import os
 import shutil
@@ -210,6 +211,24 @@ def component(objects: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
     return [
         o for o in objects if ((o["metadata"].get("labels") or {}).get("app.kubernetes.io/component") == name)
     ]
+
+
+def secret_data(objects: list[dict[str, Any]], name: str) -> dict[str, str] | None:
+    """The decoded data of the Secret `name` (data and stringData), or None when nothing renders it."""
+    found = find(objects, "Secret", name)
+    if not found:
+        return None
+    data = {k: base64.b64decode(v).decode() for k, v in (found[0].get("data") or {}).items()}
+    return {**data, **(found[0].get("stringData") or {})}
+
+
+def config_map_data(objects: list[dict[str, Any]], name: str) -> dict[str, str] | None:
+    """The data of the ConfigMap `name` (data and binaryData), or None when nothing renders it."""
+    found = find(objects, "ConfigMap", name)
+    if not found:
+        return None
+    binary = {k: base64.b64decode(v).decode() for k, v in (found[0].get("binaryData") or {}).items()}
+    return {**(found[0].get("data") or {}), **binary}
 
 
 def pytorchjob_pod(job: dict[str, Any], replica: str) -> dict[str, Any]:

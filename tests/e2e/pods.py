@@ -4,10 +4,8 @@ would run them. Everything comes from the rendered objects (tests/e2e/manifests.
 - image, command (`--entrypoint` + its other words) and args, with Kubernetes' `$(VAR)` expansion;
 - env: plain values, secretKeyRef / configMapKeyRef / envFrom resolved from the rendered Secrets and
   ConfigMaps (values travel in an --env-file, never on a command line), the operator's variables;
-- volumes: configMap and secret volumes as read-only files with their defaultMode/items, emptyDir as a
-  per-pod folder (mode 0777 plus fsGroup, as the kubelet makes it), `medium: Memory` as a tmpfs of
-  `sizeLimit`, each PersistentVolumeClaim as one host folder shared by every pod that mounts it (mode
-  0777 like kind's local-path volumes, then fsGroup applied as CSI volumes get it);
+- volumes as tests/e2e/volumes.py makes them (configMap files with modes, emptyDir, memory tmpfs, one
+  host folder per claim);
 - securityContext: runAsUser/runAsGroup, fsGroup and supplementalGroups (--group-add), runAsNonRoot
   (refused as the kubelet refuses it), readOnlyRootFilesystem, capabilities, allowPrivilegeEscalation;
 - limits.memory (--memory, no swap); the pod's restartPolicy as docker's (OnFailure = on-failure);
@@ -21,9 +19,7 @@ retried (a failure fails the test); probes other than readiness are not run.
 
 from __future__ import annotations
 
-import base64
 import json
-import os
 import re
 import threading
 import time
@@ -35,17 +31,9 @@ from typing import Any
 
 from tests.e2e import manifests as m
 from tests.e2e.docker import Container, Network, docker
+from tests.e2e.volumes import Volumes, quantity
 
 RESTART = {"Always": "always", "OnFailure": "on-failure", "Never": "no"}
-UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
-
-
-def quantity(text: str | int) -> int:
-    """A Kubernetes memory quantity in bytes ("512Mi", "1Gi", "128974848")."""
-    match = re.fullmatch(r"(\d+)([KMGT]i?|k)?", str(text))
-    if not match:
-        raise ValueError(f"memory quantity {text!r}: not understood here")
-    return int(match.group(1)) * UNITS.get(match.group(2) or "", 1)
 
 
 def expand(text: str, env: Mapping[str, str]) -> str:
@@ -134,28 +122,27 @@ class Cluster:
     objects: list[dict[str, Any]]
     root: Path
     network: Network
-    claims: dict[str, Path] = field(default_factory=dict)  # PVC name -> host folder
     records: list[Record] = field(default_factory=list)
     started: list[Container] = field(default_factory=list)
     serving: list[tuple[Pod, Container, Record, float]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    volumes: Volumes = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.volumes = Volumes(self.objects, self.root)
+
+    @property
+    def claims(self) -> dict[str, Path]:
+        """PersistentVolumeClaim name -> its host folder."""
+        return self.volumes.claims
 
     # -- the rendered Secrets and ConfigMaps --------------------------------------------------------------
 
     def secret(self, name: str) -> dict[str, str] | None:
-        found = m.find(self.objects, "Secret", name)
-        if not found:
-            return None
-        secret = found[0]
-        data = {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
-        return {**data, **(secret.get("stringData") or {})}
+        return m.secret_data(self.objects, name)
 
     def config_map(self, name: str) -> dict[str, str] | None:
-        found = m.find(self.objects, "ConfigMap", name)
-        if not found:
-            return None
-        binary = {k: base64.b64decode(v).decode() for k, v in (found[0].get("binaryData") or {}).items()}
-        return {**(found[0].get("data") or {}), **binary}
+        return m.config_map_data(self.objects, name)
 
     def secret_values(self) -> list[str]:
         return [
@@ -206,99 +193,6 @@ class Cluster:
             if value is not None:
                 env[name] = value
         return env
-
-    # -- volumes ------------------------------------------------------------------------------------------
-
-    def _fs_group(self, path: Path, gid: int | None) -> None:
-        """What the kubelet does with fsGroup: group ownership, group read/write, setgid folders."""
-        if gid is None or path.stat().st_gid == gid:  # fsGroupChangePolicy OnRootMismatch
-            return
-        for folder, _, files in os.walk(path):
-            for entry in [folder, *(os.path.join(folder, f) for f in files)]:
-                os.chown(entry, -1, gid)
-                mode = os.stat(entry).st_mode
-                os.chmod(entry, mode | 0o060 | (0o2010 if entry == folder else 0))
-
-    def _files(self, folder: Path, data: dict[str, str], source: dict[str, Any], gid: int | None) -> Path:
-        """A configMap or secret volume: its keys (or `items`) as files with their modes."""
-        folder.mkdir(parents=True, exist_ok=True)
-        default = int(source.get("defaultMode", 0o644))
-        items = source.get("items") or [{"key": k, "path": k} for k in data]
-        for item in items:
-            if item["key"] not in data:
-                raise KeyError(f"volume {folder.name}: no key {item['key']}")
-            path = folder / item["path"]
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(data[item["key"]])
-            if gid is not None:
-                os.chown(path, 0, gid)
-            path.chmod(int(item.get("mode", default)))
-        return folder
-
-    def volume(self, pod: Pod, name: str) -> Path:
-        """The host folder behind volume `name` of `pod` (made on first use)."""
-        source = next(v for v in pod.spec.get("volumes", []) if v["name"] == name)
-        gid = (pod.spec.get("securityContext") or {}).get("fsGroup")
-        folder = self.root / "pods" / pod.name / name
-        if "persistentVolumeClaim" in source:
-            claim = source["persistentVolumeClaim"]["claimName"]
-            with self._lock:
-                if claim not in self.claims:
-                    m.one(
-                        self.objects, "PersistentVolumeClaim", claim
-                    )  # a claim nothing renders stays Pending
-                    path = self.root / "claims" / claim
-                    path.mkdir(parents=True)
-                    path.chmod(0o777)
-                    self.claims[claim] = path
-                self._fs_group(self.claims[claim], gid)
-            return self.claims[claim]
-        if "emptyDir" in source:
-            if not folder.exists():
-                folder.mkdir(parents=True)
-                folder.chmod(0o777)
-                self._fs_group(folder, gid)
-            return folder
-        if "configMap" in source:
-            data = self.config_map(source["configMap"]["name"])
-            if data is None:
-                raise KeyError(f"{pod.name}: volume {name} needs ConfigMap {source['configMap']['name']}")
-            return self._files(folder, data, source["configMap"], gid)
-        if "secret" in source:
-            data = self.secret(source["secret"]["secretName"])
-            if data is None:
-                raise KeyError(f"{pod.name}: volume {name} needs Secret {source['secret']['secretName']}")
-            folder.parent.mkdir(parents=True, exist_ok=True)
-            return self._files(folder, data, source["secret"], gid)
-        raise ValueError(f"{pod.name}: volume {name} {sorted(source)} has no stand-in here")
-
-    def mounts(self, pod: Pod, c: dict[str, Any]) -> list[str]:
-        """`--mount` specifications of a container's volumeMounts."""
-        specs = []
-        volumes = {v["name"]: v for v in pod.spec.get("volumes", [])}
-        for mount in c.get("volumeMounts", []):
-            source, target = volumes[mount["name"]], mount["mountPath"]
-            empty = source.get("emptyDir")
-            if empty is not None and empty.get("medium") == "Memory":
-                users = [
-                    x["name"]
-                    for x, _ in pod.containers
-                    if any(v["name"] == mount["name"] for v in x.get("volumeMounts", []))
-                ]
-                if len(users) > 1:
-                    raise ValueError(
-                        f"{pod.name}: memory emptyDir {mount['name']} shared by {users}: no stand-in"
-                    )
-                size = f",tmpfs-size={quantity(empty['sizeLimit'])}" if "sizeLimit" in empty else ""
-                specs.append(f"type=tmpfs,destination={target},tmpfs-mode=1777{size}")
-                continue
-            host = self.volume(pod, mount["name"])
-            if mount.get("subPath"):
-                host = host / mount["subPath"]
-                host.mkdir(parents=True, exist_ok=True)
-            read_only = mount.get("readOnly") or "configMap" in source or "secret" in source
-            specs.append(f"type=bind,source={host},destination={target}" + (",readonly" if read_only else ""))
-        return specs
 
     # -- containers ---------------------------------------------------------------------------------------
 
@@ -361,7 +255,7 @@ class Cluster:
             read_only_root=bool(security.get("readOnlyRootFilesystem")),
             memory=quantity(limit) if limit else None,
             restart="no" if init else RESTART[pod.spec.get("restartPolicy", "Always")],
-            extra_mounts=self.mounts(pod, c),
+            extra_mounts=self.volumes.mounts(pod.name, pod.spec, c),
             scratch_tmp=False,
             env_dir=self.root / "env",
             redact=self.secret_values(),

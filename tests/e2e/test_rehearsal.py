@@ -4,8 +4,9 @@ renders for ci/kind-values.yaml and that k8s/overlays/cpu renders runs as the cl
 
   pre-install hooks by weight -> every installed pod at once (PostgreSQL with its initdb script, the study
   creator, the tune workers until the study's budget is met, the dashboard; their init containers order
-  them) -> the dashboard lists the study on its Service port -> `helm test` pods -> the final PyTorchJob
-  (Master + Worker) -> the outputs the README promises -> the serving pods stopped as an uninstall would.
+  them; one tune worker's trainer is SIGKILLed mid-trial and restarts in place, as OnFailure does) -> the
+  dashboard lists the study on its Service port -> `helm test` pods -> the final PyTorchJob (Master +
+  Worker) -> the outputs the README promises -> the serving pods stopped as an uninstall would.
 
 It prints one table (pod, container, image, uid, exit code, seconds) and fails when the containers it ran
 differ from the containers rendered (the operator's `init-pytorch` on Worker pods counted in)."""
@@ -145,6 +146,58 @@ def dashboard_studies(cluster: Cluster, cpu_image: str, chart: list[dict[str, An
         "--entrypoint", "python", cpu_image, "-c", script, timeout=120,
     )  # fmt: skip
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_postgres_stand_in_keeps_the_official_images_contract(stand_ins: str, tmp_path: Path) -> None:
+    """What the chart relies on: user postgres 999:999 and no account for uid 1000 (so libpq as uid 1000
+    has no default user name: "no attempt", exit 3), pg_isready and psql on PATH, and an entrypoint that
+    initialises PGDATA and runs /docker-entrypoint-initdb.d once, as uid 999 on a read-only root."""
+    probe = (
+        "id -u postgres; id -g postgres; getent passwd 1000 || echo none; command -v pg_isready; which psql"
+    )
+    assert docker("run", "--rm", "--entrypoint", "sh", stand_ins, "-c", probe).stdout.split() == [
+        "999", "999", "none", "/usr/bin/pg_isready", "/usr/bin/psql",
+    ]  # fmt: skip
+    no_user = docker(
+        "run", "--rm", "--user", "1000:1000", "--entrypoint", "pg_isready", stand_ins, "--host=127.0.0.1",
+        check=False,
+    )  # fmt: skip
+    assert no_user.returncode == 3 and "no attempt" in no_user.stdout, no_user
+
+    data, initdb, run = tmp_path / "data", tmp_path / "initdb", tmp_path / "run"
+    for folder in (data, run):
+        folder.mkdir()
+        folder.chmod(0o777)
+    initdb.mkdir()
+    (initdb / "marker.sh").write_text('#!/bin/sh\necho "initdb script ran as $(id -u)"\n')
+    (initdb / "marker.sh").chmod(0o555)
+    logs = []
+    for _ in range(2):  # a first start initialises; a restart on the same data must not run it again
+        name = f"pg-contract-{secrets.token_hex(3)}"
+        docker(
+            "run", "--detach", "--name", name, "--user", "999:999", "--read-only",
+            "--mount", f"type=bind,source={run},destination=/var/run/postgresql",  # emptyDirs
+            "--mount", f"type=bind,source={run},destination=/tmp",
+            "--mount", f"type=bind,source={data},destination=/var/lib/postgresql/data",
+            "--mount", f"type=bind,source={initdb},destination=/docker-entrypoint-initdb.d,readonly",
+            "--env", "POSTGRES_PASSWORD=contract", "--env", "PGDATA=/var/lib/postgresql/data/pgdata",
+            stand_ins,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 120
+            while "database system is ready to accept connections" not in docker("logs", name).stderr:
+                running = json.loads(docker("inspect", name).stdout)[0]["State"]["Running"]
+                assert running and time.monotonic() < deadline, docker("logs", name)
+                time.sleep(1)
+            ready = docker("exec", name, "pg_isready", "--host=127.0.0.1", "--username=postgres", check=False)
+            assert ready.returncode == 0, ready
+            proc = docker("logs", name)
+            logs.append(proc.stdout + proc.stderr)
+        finally:
+            docker("stop", name, check=False)
+            docker("rm", "--force", name, check=False)
+    assert "initdb script ran as 999" in logs[0] and "initdb script ran" not in logs[1], logs
+    assert "Skipping initialization" in logs[1] or "skipping initialization" in logs[1], logs[1]
 
 
 def test_wait_for_database_init_container_as_rendered(stand_ins: str, tmp_path: Path) -> None:
