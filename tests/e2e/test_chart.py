@@ -570,10 +570,12 @@ def test_database_scripts_on_a_real_postgres_server(postgres_server, tmp_path, m
 # --- what a first real install would hit -----------------------------------------------------------------
 
 
+@pytest.mark.parametrize("backend", ["pytorchjob", "trainjob"])
 @pytest.mark.parametrize("preset", PRESETS)
-def test_every_pod_gets_the_image_pull_secrets(preset):
-    """A private registry needs them on every pod: PostgreSQL and the `helm test` pods included."""
-    objects = render(preset, imagePullSecrets=[{"name": "registry"}])
+def test_every_pod_gets_the_image_pull_secrets(preset, backend):
+    """A private registry needs them on every pod: PostgreSQL and the `helm test` pods included (and the
+    TrainJobs' pods, through their runtime)."""
+    objects = render(preset, imagePullSecrets=[{"name": "registry"}], **{"tune.backend": backend})
     pods = [(o["metadata"]["name"], spec) for o in objects for spec in m.pod_specs(o)]
     assert len(pods) >= 6
     missing = [name for name, spec in pods if spec.get("imagePullSecrets") != [{"name": "registry"}]]

@@ -161,10 +161,10 @@ def test_operator_environment_of_the_final_job():
 
 @pytest.fixture(scope="module")
 def trainjob_overlays() -> dict[str, list[dict]]:
-    return {name: tj.render_final_overlay(name) for name in tj.FINAL_OVERLAYS}
+    return {name: m.render_kustomize(name) for name in m.TRAINJOB_OVERLAYS}
 
 
-@pytest.mark.parametrize("overlay", tj.FINAL_OVERLAYS)
+@pytest.mark.parametrize("overlay", m.TRAINJOB_OVERLAYS)
 def test_trainjob_overlay_renders_a_valid_trainjob_and_its_runtime(trainjob_overlays, overlay):
     objects = trainjob_overlays[overlay]
     assert sorted((o["kind"], o["metadata"]["name"]) for o in objects) == [
@@ -182,7 +182,7 @@ def test_trainjob_overlay_renders_a_valid_trainjob_and_its_runtime(trainjob_over
     }
 
 
-@pytest.mark.parametrize("overlay", tj.FINAL_OVERLAYS)
+@pytest.mark.parametrize("overlay", m.TRAINJOB_OVERLAYS)
 def test_trainjob_overlay_runs_exactly_the_pytorchjob_overlay(trainjob_overlays, overlays, overlay):
     """The same data, output, config and Secret, command, environment, security, resources, scheduling
     and restarts as the PyTorchJob beside it; only the Workers' /output differs (one pod template: every
@@ -190,7 +190,7 @@ def test_trainjob_overlay_runs_exactly_the_pytorchjob_overlay(trainjob_overlays,
     objects = trainjob_overlays[overlay]
     job = m.one(objects, "TrainJob")
     runtime = tj.runtime_of(job, objects)
-    (pytorchjob,) = overlays[tj.FINAL_OVERLAYS[overlay]]
+    (pytorchjob,) = overlays[m.TRAINJOB_OVERLAYS[overlay]]
     specs = pytorchjob["spec"]["pytorchReplicaSpecs"]
     assert tj.num_nodes(job, runtime) == sum(spec["replicas"] for spec in specs.values()) == 2
     assert job["spec"]["trainer"]["numProcPerNode"] == int(pytorchjob["spec"]["nprocPerNode"])
@@ -231,7 +231,7 @@ def test_trainjob_overlay_environment_from_the_torch_plugin(trainjob_overlays):
     assert {c["image"] for c in [*pod["initContainers"], *pod["containers"]]} == {"sideformer:cpu"}
 
 
-@pytest.mark.parametrize("overlay", tj.FINAL_OVERLAYS)
+@pytest.mark.parametrize("overlay", m.TRAINJOB_OVERLAYS)
 def test_trainjob_overlay_applies_the_runtime_first(trainjob_overlays, overlay):
     """`kubectl apply -k` creates objects in the rendered order; the Trainer's webhook rejects a TrainJob
     whose runtime does not exist yet (sortOptions: fifo keeps the file's order)."""

@@ -190,6 +190,29 @@ def plugin_env(job: dict[str, Any], runtime: dict[str, Any], index: int) -> dict
     }
 
 
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"  # the annotation Job pods carry
+
+
+def node_pod_spec(
+    job: dict[str, Any], runtime: dict[str, Any], objects: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The spec JobSet gives every pod of a TrainJob, with what the torch plugin adds to container `node`:
+    the PET_* variables (PET_NODE_RANK as the same fieldRef to the pod's Job completion index) and the
+    rendezvous port."""
+    spec = trainjob_pod(job, objects)
+    node = m.container(spec, TRAINER_JOB)
+    env = {k: v for k, v in plugin_env(job, runtime, 0).items() if k != "PET_NODE_RANK"}
+    rank = {"fieldRef": {"fieldPath": f"metadata.annotations['{COMPLETION_INDEX}']"}}
+    plugin = [
+        *({"name": k, "value": v} for k, v in env.items() if k in ("PET_NNODES", "PET_NPROC_PER_NODE")),
+        {"name": "PET_NODE_RANK", "valueFrom": rank},
+        *({"name": k, "value": v} for k, v in env.items() if k in ("PET_MASTER_ADDR", "PET_MASTER_PORT")),
+    ]
+    node["env"] = _merge_list(node.get("env", []), plugin, "name")
+    node["ports"] = _merge_list(node.get("ports", []), [{"containerPort": MASTER_PORT}], "containerPort")
+    return spec
+
+
 def torch_rule_errors(job: dict[str, Any], runtime: dict[str, Any]) -> list[str]:
     """What Trainer v2.3's webhooks and torch plugin reject, or run other than meant, that the CRD schema
     accepts."""
@@ -226,36 +249,3 @@ def torch_rule_errors(job: dict[str, Any], runtime: dict[str, Any]) -> list[str]
                 if c["name"] == TRAINER_JOB and c.get("env"):
                     errors.append("runtimePatches: env of container 'node' goes in trainer.env")
     return errors
-
-
-def pod_specs(obj: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every pod spec an object carries: manifests.pod_specs, plus a training runtime's replicated jobs."""
-    if obj["kind"] in RUNTIME_KINDS:
-        return [
-            r["template"]["spec"]["template"]["spec"]
-            for r in obj["spec"]["template"]["spec"]["replicatedJobs"]
-        ]
-    return m.pod_specs(obj)
-
-
-# The final training as a TrainJob: overlay -> the PyTorchJob overlay (k8s/overlays/gpu, cpu) it mirrors.
-FINAL_OVERLAYS = {"trainjob": "gpu", "trainjob-cpu": "cpu"}
-
-
-def render_final_overlay(overlay: str) -> list[dict[str, Any]]:
-    """`kubectl kustomize k8s/overlays/<overlay>` for the TrainJob overlays (manifests.render_kustomize
-    renders the PyTorchJob ones)."""
-    import subprocess
-
-    if overlay not in FINAL_OVERLAYS:
-        raise ValueError(f"overlay {overlay!r}: expected one of {sorted(FINAL_OVERLAYS)}")
-    result = subprocess.run(
-        [*m.kustomize_command(), str(m.K8S_DIR / "overlays" / overlay)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    if result.returncode != 0:
-        raise RuntimeError(f"kustomize failed for k8s/overlays/{overlay}:\n{result.stderr}")
-    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]

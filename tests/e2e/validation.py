@@ -23,8 +23,7 @@ import jsonschema
 import yaml
 
 from tests.e2e import trainjobs
-from tests.e2e.manifests import schemas_dir
-from tests.e2e.trainjobs import pod_specs
+from tests.e2e.manifests import pod_specs, schemas_dir
 
 K8S_VERSION = "1.33"
 CRD_FILE = "kubeflow.org_pytorchjobs.yaml"
