@@ -254,31 +254,6 @@ def test_wait_for_database_init_container_as_rendered(stand_ins: str, tmp_path: 
         network.remove()
 
 
-def test_trainjob_pods_are_what_jobset_and_the_torch_plugin_make(tmp_path: Path) -> None:
-    """What the TrainJob rehearsal runs, without Docker: JobSet's host names and subdomain, the runtime's
-    pod with the TrainJob's trainer applied, and the PET_* variables resolved as the kubelet would (the
-    node rank from the pod's completion-index annotation)."""
-    chart = chart_objects(**{"tune.backend": "trainjob"})
-    cluster = Cluster(chart, tmp_path, Network("unused", "", ""))
-    job = m.one(chart, "TrainJob", KILLED_JOB)
-    runtime = tj.runtime_of(job, chart)
-    pods = pods_of(job, chart)
-    assert [p.name for p in pods] == [f"{KILLED_JOB}-node-0-0", f"{KILLED_JOB}-node-0-1"]
-    for i, pod in enumerate(pods):
-        node = m.container(pod.spec, "node")
-        assert (node["image"], node["args"]) == (
-            job["spec"]["trainer"]["image"],
-            job["spec"]["trainer"]["args"],
-        )
-        env = cluster.env(pod, node)
-        assert {k: v for k, v in env.items() if k.startswith("PET_")} == tj.plugin_env(job, runtime, i)
-        assert env["PET_MASTER_ADDR"] == f"{KILLED_JOB}-node-0-0.{KILLED_JOB}"
-        assert env["OPTUNA_STORAGE"].startswith("postgresql+psycopg2://tuner:")
-        assert cluster.aliases(pod) == [pod.name, f"{pod.name}.{KILLED_JOB}"]
-        assert pod.spec["restartPolicy"] == "OnFailure"
-        assert [c["name"] for c in pod.spec["initContainers"]] == ["wait-for-database", "synth-data"]
-
-
 @dataclass
 class Rehearsal:
     backend: Backend
