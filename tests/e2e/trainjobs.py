@@ -3,7 +3,8 @@
 A TrainJob names a runtime (a namespaced TrainingRuntime or a ClusterTrainingRuntime) whose JobSet template
 holds the pods; the TrainJob's `trainer` sets the image, args, env and resources of the container named
 `node`, its `runtimePatches` patch the pod templates (a strategic merge: lists by name, volumeMounts by
-mountPath), and the torch plugin adds the PET_* variables. Here, from kubeflow/trainer v2.3.0:
+mountPath), and the torch plugin adds the PET_* variables. Here, from the kubeflow/trainer sources (read
+through the project's code search, which holds versions near v2.3.0, not a checkout of the tag):
 
 - `pkg/runtime/core/trainingruntime.go` (mergeRuntimePatches), `plugins/jobset/builder.go` (Trainer:
   image, command, args, resourcesPerNode replace; env is upserted by name);
@@ -11,7 +12,9 @@ mountPath), and the torch plugin adds the PET_* variables. Here, from kubeflow/t
   the Job completion index, PET_MASTER_ADDR = `<trainjob>-node-0-0.<trainjob>`, PET_MASTER_PORT = 29400;
   a TrainJob whose trainer.env sets any of them is rejected;
 - `plugins/jobset/jobset.go`: pods `<trainjob>-node-0-<i>` on the headless Service `<trainjob>` (JobSet's
-  subdomain); a runtime patch may only name containers and init containers the runtime has.
+  subdomain); an override may only name containers and init containers the runtime has (checked there
+  for podTemplateOverrides; v2.3.0's runtimePatches schema gives a patched container no image field, so
+  a patch cannot add one either).
 """
 
 from __future__ import annotations
