@@ -3,6 +3,9 @@
 #   kind cluster -> Kubeflow Training Operator v1.9 (standalone) -> kind load the image -> helm install with
 #   ci/kind-values.yaml -> the study finishes (tune-worker PyTorchJobs Succeeded) -> final PyTorchJob
 #   (k8s/overlays/cpu) Succeeded -> outputs checked -> helm test -> clean uninstall.
+# BACKEND=trainjob runs the same flow on Kubeflow Trainer v2 instead: Trainer v2.3.0 with its JobSet
+#   (manifests/overlays/manager) -> the chart with tune.backend=trainjob (tune-worker TrainJobs Complete) ->
+#   final TrainJob (k8s/overlays/trainjob-cpu) Complete -> the same checks.
 #
 # Needs docker, kind, kubectl (>= 1.27) and helm (>= 4.1) on PATH, and network access for the operator
 # manifests and the postgres image. The development machines of this project have none of these (no
@@ -10,19 +13,33 @@
 #   docker build --build-arg TORCH_VARIANT=cpu -t sideformer:cpu .   # or let this script build it
 #   tests/e2e/kind.sh
 # Environment: KIND_CLUSTER (default sideformer-e2e), IMAGE (sideformer:cpu), NAMESPACE (sideformer),
-# TRAINING_OPERATOR_REF (v1.9.4: the release whose CRD the tests validate against), KEEP_CLUSTER=1 to
-# keep a cluster this script created, STUDY_TIMEOUT, FINAL_TIMEOUT and CLAIM_TIMEOUT in seconds.
+# BACKEND (pytorchjob or trainjob), TRAINING_OPERATOR_REF (v1.9.4) and TRAINER_REF (v2.3.0): the releases
+# whose CRDs the tests validate against, KEEP_CLUSTER=1 to keep a cluster this script created,
+# STUDY_TIMEOUT, FINAL_TIMEOUT and CLAIM_TIMEOUT in seconds.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 CLUSTER=${KIND_CLUSTER:-sideformer-e2e}
 IMAGE=${IMAGE:-sideformer:cpu}
 NAMESPACE=${NAMESPACE:-sideformer}
-RELEASE=sideformer-tune # k8s/final-pytorchjob.yaml refers to this release's ConfigMap, Secret and claim
+RELEASE=sideformer-tune # k8s/final-pytorchjob.yaml (and overlays/trainjob) refer to this release's ConfigMap, Secret and claim
 STUDY=sideformer        # study.name in ci/kind-values.yaml
 FINAL_JOB=sideformer-final
 TRAINING_OPERATOR_REF=${TRAINING_OPERATOR_REF:-v1.9.4}
 TRAINING_OPERATOR="github.com/kubeflow/trainer.git/manifests/overlays/standalone?ref=${TRAINING_OPERATOR_REF}"
+TRAINER_REF=${TRAINER_REF:-v2.3.0}
+# The Trainer v2 controller manager, its CRDs and webhooks, and the JobSet it runs TrainJobs through.
+TRAINER="github.com/kubeflow/trainer.git/manifests/overlays/manager?ref=${TRAINER_REF}"
+BACKEND=${BACKEND:-pytorchjob}
+case "$BACKEND" in
+pytorchjob) JOB_KIND=PyTorchJob DONE=Succeeded FINAL_OVERLAY=cpu JOB_KINDS=pytorchjobs ;;
+trainjob) JOB_KIND=TrainJob DONE=Complete FINAL_OVERLAY=trainjob-cpu JOB_KINDS=trainjobs,trainingruntimes,jobsets ;;
+*)
+    printf 'FAIL: BACKEND=%s: expected pytorchjob or trainjob\n' "$BACKEND" >&2
+    exit 1
+    ;;
+esac
+JOB=$(printf '%s' "$JOB_KIND" | tr '[:upper:]' '[:lower:]')
 STUDY_TIMEOUT=${STUDY_TIMEOUT:-2400}
 FINAL_TIMEOUT=${FINAL_TIMEOUT:-1200}
 CLAIM_TIMEOUT=${CLAIM_TIMEOUT:-180}
@@ -40,14 +57,19 @@ k() { kubectl --namespace "$NAMESPACE" "$@"; }
 
 diagnostics() {
     log "diagnostics"
-    k get pytorchjobs,jobs,pods,pvc,svc -o wide || true
-    k describe pytorchjobs || true
+    k get "$JOB_KINDS,jobs,pods,pvc,svc" -o wide || true
+    k describe "${JOB}s" || true
     k get events --sort-by=.lastTimestamp | tail -n 60 || true
     for pod in $(k get pods -o name 2>/dev/null); do
         echo "--- logs of $pod"
         k logs "$pod" --all-containers --tail=80 || true
     done
-    kubectl --namespace kubeflow logs deployment/training-operator --tail=80 || true
+    if [ "$BACKEND" = trainjob ]; then
+        kubectl --namespace kubeflow-system logs deployment/kubeflow-trainer-controller-manager --tail=80 || true
+        kubectl --namespace kubeflow-system logs deployment/jobset-controller-manager --tail=80 || true
+    else
+        kubectl --namespace kubeflow logs deployment/training-operator --tail=80 || true
+    fi
 }
 
 on_exit() {
@@ -88,7 +110,8 @@ load_image() {
 # class) fails within CLAIM_TIMEOUT with the claim's events instead of after the whole --timeout.
 install_chart() {
     local start=$SECONDS pending warnings helm_pid
-    helm install "$RELEASE" "$CHART" --namespace "$NAMESPACE" -f "$VALUES" --wait --timeout 10m &
+    helm install "$RELEASE" "$CHART" --namespace "$NAMESPACE" -f "$VALUES" --set "tune.backend=$BACKEND" \
+        --wait --timeout 10m &
     helm_pid=$!
     while true; do
         pending=$(k get pvc --selector "app.kubernetes.io/instance=$RELEASE" \
@@ -108,22 +131,47 @@ install_chart() {
     wait "$helm_pid" || fail "helm install $RELEASE failed"
 }
 
-# Wait for a PyTorchJob with `kubectl wait --for=condition=Succeeded`, failing fast when it turns Failed.
-wait_pytorchjob() {
+# Wait for a PyTorchJob (condition Succeeded) or TrainJob (Complete) with `kubectl wait`, failing fast
+# when it turns Failed.
+wait_job() {
     local job=$1 timeout=$2 start=$SECONDS failed
-    until k wait --for=condition=Succeeded "pytorchjob/$job" --timeout=20s >/dev/null 2>&1; do
-        failed=$(k get pytorchjob "$job" -o jsonpath='{.status.conditions[?(@.type=="Failed")].status}')
+    until k wait --for=condition="$DONE" "$JOB/$job" --timeout=20s >/dev/null 2>&1; do
+        failed=$(k get "$JOB" "$job" -o jsonpath='{.status.conditions[?(@.type=="Failed")].status}')
         if [ "$failed" = "True" ]; then
-            k get pytorchjob "$job" -o jsonpath='{.status.conditions[?(@.type=="Failed")].message}{"\n"}' >&2
-            fail "PyTorchJob $job failed"
+            k get "$JOB" "$job" -o jsonpath='{.status.conditions[?(@.type=="Failed")].message}{"\n"}' >&2
+            fail "$JOB_KIND $job failed"
         fi
         if [ $((SECONDS - start)) -ge "$timeout" ]; then
-            fail "PyTorchJob $job did not succeed within ${timeout}s"
+            fail "$JOB_KIND $job did not succeed within ${timeout}s"
         fi
-        echo "  $job: $(k get pytorchjob "$job" \
+        echo "  $job: $(k get "$JOB" "$job" \
             -o jsonpath='{range .status.conditions[?(@.status=="True")]}{.type}{" "}{end}') ($((SECONDS - start))s)"
     done
-    echo "  $job: Succeeded"
+    echo "  $job: $DONE"
+}
+
+# The Trainer's webhooks answer a little after its Deployment is ready: wait until a server-side dry run
+# of a TrainingRuntime goes through them (helm install creates the chart's one as its first hook).
+wait_trainer_webhook() {
+    for _ in $(seq 1 60); do
+        k apply --dry-run=server -f - >/dev/null <<EOF && return 0
+apiVersion: trainer.kubeflow.org/v1alpha1
+kind: TrainingRuntime
+metadata:
+  name: sideformer-webhook-probe
+spec:
+  mlPolicy: {numNodes: 1, torch: {}}
+  template:
+    spec:
+      replicatedJobs:
+        - name: node
+          template:
+            metadata: {labels: {trainer.kubeflow.org/trainjob-ancestor-step: trainer}}
+            spec: {template: {spec: {containers: [{name: node, image: $IMAGE}]}}}
+EOF
+        sleep 5
+    done
+    fail "the Kubeflow Trainer webhook did not answer within 300s"
 }
 
 # Run a shell script in a throwaway pod of the CPU image that mounts the output claim and gets the
@@ -193,19 +241,30 @@ fi
 kubectl config use-context "kind-$CLUSTER"
 load_image
 
-log "Kubeflow Training Operator $TRAINING_OPERATOR_REF (standalone)"
-kubectl apply --server-side -k "$TRAINING_OPERATOR"
-kubectl wait --for=condition=Established crd/pytorchjobs.kubeflow.org --timeout=120s
-kubectl --namespace kubeflow rollout status deployment/training-operator --timeout=300s
+if [ "$BACKEND" = trainjob ]; then
+    log "Kubeflow Trainer $TRAINER_REF with JobSet"
+    kubectl apply --server-side -k "$TRAINER"
+    for crd in trainjobs.trainer.kubeflow.org trainingruntimes.trainer.kubeflow.org jobsets.jobset.x-k8s.io; do
+        kubectl wait --for=condition=Established "crd/$crd" --timeout=120s
+    done
+    kubectl --namespace kubeflow-system rollout status deployment/jobset-controller-manager --timeout=300s
+    kubectl --namespace kubeflow-system rollout status deployment/kubeflow-trainer-controller-manager --timeout=300s
+else
+    log "Kubeflow Training Operator $TRAINING_OPERATOR_REF (standalone)"
+    kubectl apply --server-side -k "$TRAINING_OPERATOR"
+    kubectl wait --for=condition=Established crd/pytorchjobs.kubeflow.org --timeout=120s
+    kubectl --namespace kubeflow rollout status deployment/training-operator --timeout=300s
+fi
 
-log "helm install $RELEASE (ci/kind-values.yaml)"
+log "helm install $RELEASE (ci/kind-values.yaml, tune.backend=$BACKEND)"
 kubectl create namespace "$NAMESPACE" --dry-run=client -o yaml | kubectl apply -f -
+[ "$BACKEND" != trainjob ] || wait_trainer_webhook
 install_chart
 k wait --for=condition=Complete job --selector app.kubernetes.io/component=study-creator --timeout=300s
 
 log "the study runs until its budget is spent"
-for job in $(k get pytorchjobs --selector app.kubernetes.io/component=tune-worker -o name); do
-    wait_pytorchjob "${job#*/}" "$STUDY_TIMEOUT"
+for job in $(k get "${JOB}s" --selector app.kubernetes.io/component=tune-worker -o name); do
+    wait_job "${job#*/}" "$STUDY_TIMEOUT"
 done
 inspect_outputs check-search "
 test -s /output/$STUDY/best_hyperparams.json
@@ -216,9 +275,9 @@ cat /tmp/best.json
 grep -q '\"finished_trials\": 4' /tmp/best.json
 "
 
-log "final training: kubectl apply -k k8s/overlays/cpu"
-k apply -k "$ROOT/k8s/overlays/cpu"
-wait_pytorchjob "$FINAL_JOB" "$FINAL_TIMEOUT"
+log "final training: kubectl apply -k k8s/overlays/$FINAL_OVERLAY"
+k apply -k "$ROOT/k8s/overlays/$FINAL_OVERLAY"
+wait_job "$FINAL_JOB" "$FINAL_TIMEOUT"
 inspect_outputs check-final "
 cd /output/$STUDY/final
 test -s final_ckpts/best_model.pth
@@ -233,13 +292,15 @@ log "helm test $RELEASE"
 helm test "$RELEASE" --namespace "$NAMESPACE" --logs --timeout 10m
 
 log "clean uninstall"
-k delete -k "$ROOT/k8s/overlays/cpu" --wait
+k delete -k "$ROOT/k8s/overlays/$FINAL_OVERLAY" --wait
 helm uninstall "$RELEASE" --namespace "$NAMESPACE" --wait --timeout 5m
-# Helm leaves hook objects behind: the generated database Secret (a pre-install hook) is the only one.
+# Helm leaves hook objects behind: the generated database Secret (a pre-install hook), and with TrainJobs
+# their TrainingRuntime (a pre-install hook too, so that it exists before them).
 k delete secret "$RELEASE-db" --ignore-not-found
-# Pods of the deleted PyTorchJobs and Jobs go by garbage collection, just after their owners.
+[ "$BACKEND" != trainjob ] || k delete trainingruntime "$RELEASE-tune" --ignore-not-found --wait
+# Pods of the deleted PyTorchJobs (TrainJobs) and Jobs go by garbage collection, just after their owners.
 k wait --for=delete pod --selector "app.kubernetes.io/instance=$RELEASE" --timeout=180s 2>/dev/null || true
-left=$(k get all,pvc,secrets,configmaps,pytorchjobs,jobs \
+left=$(k get "all,pvc,secrets,configmaps,$JOB_KINDS,jobs" \
     --selector "app.kubernetes.io/instance=$RELEASE" -o name)
 [ -z "$left" ] || fail "left behind after uninstall: $left"
 kubectl delete namespace "$NAMESPACE" --wait --timeout=300s

@@ -34,6 +34,8 @@ GPU_VALUES = CHART_DIR / "examples" / "gpu-values.yaml"
 RELEASE = "sideformer-tune"
 NAMESPACE = "default"
 OVERLAYS = ("gpu", "cpu")
+# The final training as a Kubeflow Trainer v2 TrainJob: overlay -> the PyTorchJob overlay it mirrors.
+TRAINJOB_OVERLAYS = {"trainjob": "gpu", "trainjob-cpu": "cpu"}
 
 # Values presets the tests render: name -> values files (in order, later files win).
 VALUES_PRESETS: dict[str, tuple[Path, ...]] = {"default": (), "kind": (KIND_VALUES,), "gpu": (GPU_VALUES,)}
@@ -171,9 +173,10 @@ def kustomize_command() -> list[str]:
 
 
 def render_kustomize(overlay: str) -> list[dict[str, Any]]:
-    """The objects `kubectl kustomize k8s/overlays/<overlay>` renders ("gpu" or "cpu")."""
-    if overlay not in OVERLAYS:
-        raise ValueError(f"overlay {overlay!r}: expected one of {OVERLAYS}")
+    """The objects `kubectl kustomize k8s/overlays/<overlay>` renders (OVERLAYS: a PyTorchJob;
+    TRAINJOB_OVERLAYS: a TrainingRuntime and a TrainJob), in the order kubectl applies them."""
+    if overlay not in (*OVERLAYS, *TRAINJOB_OVERLAYS):
+        raise ValueError(f"overlay {overlay!r}: expected one of {(*OVERLAYS, *TRAINJOB_OVERLAYS)}")
     result = subprocess.run(
         [*kustomize_command(), str(K8S_DIR / "overlays" / overlay)],
         capture_output=True,
@@ -252,9 +255,15 @@ def pod_spec(obj: dict[str, Any], replica: str = "Master") -> dict[str, Any]:
 
 
 def pod_specs(obj: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every pod spec an object carries (all replicas of a PyTorchJob)."""
+    """Every pod spec an object carries (all replicas of a PyTorchJob, every replicated job of a Trainer
+    v2 runtime). A TrainJob carries none of its own: its pods are its runtime's (tests/e2e/trainjobs.py)."""
     if obj["kind"] == "PyTorchJob":
         return [r["template"]["spec"] for r in obj["spec"]["pytorchReplicaSpecs"].values()]
+    if obj["kind"] in ("TrainingRuntime", "ClusterTrainingRuntime"):
+        return [
+            r["template"]["spec"]["template"]["spec"]
+            for r in obj["spec"]["template"]["spec"]["replicatedJobs"]
+        ]
     if obj["kind"] in ("Pod", "Job", "Deployment", "StatefulSet", "DaemonSet", "ReplicaSet"):
         return [pod_spec(obj)]
     return []

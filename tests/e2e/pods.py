@@ -24,12 +24,13 @@ import re
 import threading
 import time
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tests.e2e import manifests as m
+from tests.e2e import trainjobs as tj
 from tests.e2e.docker import Container, Network, docker
 from tests.e2e.volumes import Volumes, quantity
 
@@ -56,6 +57,7 @@ class Pod:
     owner: dict[str, Any]
     spec: dict[str, Any]
     labels: dict[str, str]
+    annotations: dict[str, str] = field(default_factory=dict)
 
     @property
     def keep_running(self) -> bool:
@@ -70,11 +72,30 @@ class Pod:
         ]
 
 
-def pods_of(obj: dict[str, Any]) -> list[Pod]:
+def pods_of(obj: dict[str, Any], objects: Sequence[dict[str, Any]] = ()) -> list[Pod]:
     """The pods a rendered object makes: PyTorchJob replicas `<job>-<replica>-<i>` (with what the operator
-    adds), StatefulSet replicas `<name>-<i>`, one pod `<name>-0` per Job and Deployment replica (their
-    controllers add a random suffix instead), a Pod itself; nothing for other kinds."""
+    adds), TrainJob nodes `<job>-node-0-<i>` (JobSet's host names; their runtime is looked up in `objects`,
+    and the torch plugin's additions are in), StatefulSet replicas `<name>-<i>`, one pod `<name>-0` per Job
+    and Deployment replica (their controllers add a random suffix instead), a Pod itself; nothing for other
+    kinds (a TrainingRuntime is a template)."""
     kind, name = obj["kind"], obj["metadata"]["name"]
+    if kind == "TrainJob":
+        runtime = tj.runtime_of(obj, list(objects))
+        labels = {
+            **(tj.patched_pod_template(obj, runtime).get("metadata", {}).get("labels") or {}),
+            "jobset.sigs.k8s.io/jobset-name": name,
+            "jobset.sigs.k8s.io/replicatedjob-name": tj.TRAINER_JOB,
+        }
+        return [
+            Pod(
+                tj.pod_name(obj, i),
+                obj,
+                tj.node_pod_spec(obj, runtime, list(objects)),
+                {**labels, tj.COMPLETION_INDEX: str(i)},
+                {tj.COMPLETION_INDEX: str(i)},
+            )
+            for i in range(tj.num_nodes(obj, runtime))
+        ]
     if kind == "PyTorchJob":
         pods = []
         for replica, spec in obj["spec"]["pytorchReplicaSpecs"].items():
@@ -183,6 +204,7 @@ class Cluster:
             elif "fieldRef" in value_from:
                 path = value_from["fieldRef"]["fieldPath"]
                 fields = {"metadata.name": pod.name, "metadata.namespace": m.NAMESPACE}
+                fields.update({f"metadata.annotations['{k}']": v for k, v in pod.annotations.items()})
                 if path not in fields:
                     raise ValueError(f"{pod.name}: env {name} fieldRef {path} has no stand-in here")
                 value = fields[path]
@@ -198,10 +220,13 @@ class Cluster:
 
     def aliases(self, pod: Pod) -> list[str]:
         """The names a pod is reached by: its own (the operator's per-pod Service; a StatefulSet pod's
-        <pod>.<serviceName>) and each Service whose selector matches its labels."""
+        <pod>.<serviceName>; a TrainJob node's <host>.<trainjob>) and each Service whose selector matches
+        its labels."""
         names = [pod.name]
         if pod.owner["kind"] == "StatefulSet":
             names.append(f"{pod.name}.{pod.owner['spec']['serviceName']}")
+        if pod.owner["kind"] == "TrainJob":  # <host name>.<subdomain>: JobSet's headless Service
+            names.append(f"{pod.name}.{pod.owner['metadata']['name']}")
         ports = {
             p.get("name"): p["containerPort"] for c in pod.spec["containers"] for p in c.get("ports", [])
         }

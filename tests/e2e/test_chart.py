@@ -17,6 +17,7 @@ from sideformer.cli import build_parser
 from sideformer.config import load_config
 from sideformer.tune import parse_space, space_size
 from tests.e2e import manifests as m
+from tests.e2e import trainjobs as tj
 from tests.e2e.validation import K8S_VERSION, pod_security_errors, validate_object
 
 PRESETS = list(m.VALUES_PRESETS)
@@ -38,9 +39,10 @@ def arg(args: list[str], flag: str) -> str:
 # --- Helm lint, render, validation ----------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("backend", ["pytorchjob", "trainjob"])
 @pytest.mark.parametrize("preset", PRESETS)
-def test_chart_lints_strict(preset):
-    report = m.lint_chart(*m.VALUES_PRESETS[preset])
+def test_chart_lints_strict(preset, backend):
+    report = m.lint_chart(*m.VALUES_PRESETS[preset], set_values={"tune.backend": backend})
     problems = [msg for msg in report["messages"] if msg["severity"] >= 2]  # warnings and errors
     assert not problems and not report["errors"], report
 
@@ -465,6 +467,11 @@ def test_notes_say_how_to_open_the_dashboard_and_run_the_final_job():
     assert "kubectl apply -k k8s/overlays/cpu" in notes
     other = m.render_chart_files(release="tuning")
     assert "change the names" in next(t for p, t in other.items() if p.endswith("NOTES.txt"))
+    notes = m.render_notes(set_values={"tune.backend": "trainjob"})
+    assert "kubectl get trainjobs,pods" in notes and "pytorchjob" not in notes
+    assert "kubectl apply -n default -k k8s/overlays/trainjob" in notes
+    assert "kubectl apply -k k8s/overlays/trainjob-cpu" in notes
+    assert "--for=condition=Complete trainjob/sideformer-final" in notes
 
 
 # --- the chart's scripts on a real PostgreSQL server ----------------------------------------------------
@@ -563,10 +570,12 @@ def test_database_scripts_on_a_real_postgres_server(postgres_server, tmp_path, m
 # --- what a first real install would hit -----------------------------------------------------------------
 
 
+@pytest.mark.parametrize("backend", ["pytorchjob", "trainjob"])
 @pytest.mark.parametrize("preset", PRESETS)
-def test_every_pod_gets_the_image_pull_secrets(preset):
-    """A private registry needs them on every pod: PostgreSQL and the `helm test` pods included."""
-    objects = render(preset, imagePullSecrets=[{"name": "registry"}])
+def test_every_pod_gets_the_image_pull_secrets(preset, backend):
+    """A private registry needs them on every pod: PostgreSQL and the `helm test` pods included (and the
+    TrainJobs' pods, through their runtime)."""
+    objects = render(preset, imagePullSecrets=[{"name": "registry"}], **{"tune.backend": backend})
     pods = [(o["metadata"]["name"], spec) for o in objects for spec in m.pod_specs(o)]
     assert len(pods) >= 6
     missing = [name for name, spec in pods if spec.get("imagePullSecrets") != [{"name": "registry"}]]
@@ -596,8 +605,9 @@ def test_pod_names_over_63_characters_fail_at_render():
         m.render_chart(m.KIND_VALUES, set_values={"fullnameOverride": "x" * 47, "tune.workers": 12})
 
 
-def test_notes_point_only_at_files_the_packaged_chart_holds_or_say_where_they_are():
-    notes = m.render_notes()
+@pytest.mark.parametrize("backend", ["pytorchjob", "trainjob"])
+def test_notes_point_only_at_files_the_packaged_chart_holds_or_say_where_they_are(backend):
+    notes = m.render_notes(set_values={"tune.backend": backend})
     ignored = [line.strip() for line in (m.CHART_DIR / ".helmignore").read_text().splitlines()]
     assert "k8s/" not in ignored and "files/" not in ignored
     for path in re.findall(r"(?<![\w/.:-])((?:k8s|files|templates|ci|examples)/[\w./-]*[\w])", notes):
@@ -605,3 +615,256 @@ def test_notes_point_only_at_files_the_packaged_chart_holds_or_say_where_they_ar
             continue  # packaged with the chart
         assert (m.REPO / path).exists(), f"NOTES.txt names {path}, which exists nowhere"
         assert "not\n   part of this chart: they are in the SideFormer repository" in notes, path
+
+
+# --- Kubeflow Trainer v2: tune.backend=trainjob -----------------------------------------------------------
+
+TRAINJOB = {"tune.backend": "trainjob"}
+
+
+def trainjobs_of(objects: list[dict]) -> list[dict]:
+    return [j for j in m.find(objects, "TrainJob") if j in m.component(objects, "tune-worker")]
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_trainjob_backend_renders_valid_trainjobs_instead_of_pytorchjobs(preset):
+    objects = render(preset, **TRAINJOB)
+    workers = m.load_values(*m.VALUES_PRESETS[preset], set_values=TRAINJOB)["tune"].get("workers", 2)
+    assert not m.find(objects, "PyTorchJob")
+    assert [j["metadata"]["name"] for j in trainjobs_of(objects)] == [
+        f"{m.RELEASE}-tune-{i}" for i in range(workers)
+    ]
+    (runtime,) = m.find(objects, "TrainingRuntime")
+    for obj in objects:
+        validate_object(obj, objects)  # the v2.3.0 CRDs, the torch plugin's rules, the pods strictly
+        assert not pod_security_errors(obj), (obj["metadata"]["name"], pod_security_errors(obj))
+    for job in trainjobs_of(objects):
+        assert job["spec"]["runtimeRef"] == {
+            "apiGroup": "trainer.kubeflow.org",
+            "kind": "TrainingRuntime",
+            "name": runtime["metadata"]["name"],
+        }
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_trainjobs_run_exactly_what_the_pytorchjobs_run(preset):
+    """Image, args, env, volumes, init containers, security, resources, scheduling and restarts: the pod a
+    TrainJob gets (its runtime with spec.trainer applied) is the PyTorchJob Master's, container renamed."""
+    pytorchjobs = tune_jobs(render(preset))
+    objects = render(preset, **TRAINJOB)
+    for pytorchjob, trainjob in zip(pytorchjobs, trainjobs_of(objects), strict=True):
+        expected = yaml.safe_load(yaml.safe_dump(m.pytorchjob_pod(pytorchjob, "Master")))
+        expected["containers"][0]["name"] = "node"
+        expected["restartPolicy"] = pytorchjob["spec"]["pytorchReplicaSpecs"]["Master"]["restartPolicy"]
+        assert tj.trainjob_pod(trainjob, objects) == expected
+        runtime = tj.runtime_of(trainjob, objects)
+        template = tj.replicated_job(runtime)["template"]["spec"]["template"]
+        assert (
+            template["metadata"]
+            == pytorchjob["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["metadata"]
+        )
+        nodes = 1 + pytorchjob["spec"]["pytorchReplicaSpecs"].get("Worker", {}).get("replicas", 0)
+        assert tj.num_nodes(trainjob, runtime) == nodes
+        assert trainjob["spec"]["trainer"]["numProcPerNode"] == int(pytorchjob["spec"]["nprocPerNode"])
+        run_policy = pytorchjob["spec"]["runPolicy"]
+        assert tj.replicated_job(runtime)["template"]["spec"]["backoffLimit"] == run_policy["backoffLimit"]
+        assert trainjob["spec"].get("activeDeadlineSeconds") == run_policy.get("activeDeadlineSeconds")
+
+
+def test_trainjob_restart_and_lifetime_values():
+    objects = render(
+        "default",
+        **TRAINJOB,
+        **{
+            "tune.restartPolicy": "Never",
+            "tune.backoffLimit": 2,
+            "tune.ttlSecondsAfterFinished": 600,
+            "tune.activeDeadlineSeconds": 86400,
+        },
+    )
+    runtime = m.one(objects, "TrainingRuntime")
+    assert runtime["spec"]["template"]["spec"]["ttlSecondsAfterFinished"] == 600
+    assert tj.replicated_job(runtime)["template"]["spec"]["backoffLimit"] == 2
+    assert tj.runtime_pod(runtime)["restartPolicy"] == "Never"
+    assert {j["spec"]["activeDeadlineSeconds"] for j in trainjobs_of(objects)} == {86400}
+
+
+@pytest.mark.parametrize(("preset", "nproc"), [("default", 1), ("kind", 1), ("gpu", 4)])
+def test_trainjob_sets_num_proc_per_node_explicitly(preset, nproc):
+    """Trainer v2's default "auto" starts one process per CPU core on CPU-only nodes: 1 on CPU, else
+    the GPU count, and the GPU limit on every node."""
+    for job in trainjobs_of(render(preset, **TRAINJOB)):
+        trainer = job["spec"]["trainer"]
+        assert trainer["numProcPerNode"] == nproc
+        gpus = trainer["resourcesPerNode"].get("limits", {}).get("nvidia.com/gpu")
+        assert gpus == (None if preset == "kind" else nproc)
+
+
+def test_trainjob_environment_is_what_the_torch_plugin_adds():
+    objects = render("kind", **TRAINJOB)
+    job = trainjobs_of(objects)[0]
+    runtime = tj.runtime_of(job, objects)
+    name = job["metadata"]["name"]
+    assert [tj.plugin_env(job, runtime, i) for i in (0, 1)] == [
+        {
+            "PET_NNODES": "2",
+            "PET_NPROC_PER_NODE": "1",
+            "PET_NODE_RANK": str(i),
+            "PET_MASTER_ADDR": f"{name}-node-0-0.{name}",
+            "PET_MASTER_PORT": "29400",
+        }
+        for i in (0, 1)
+    ]
+    assert not set(tj.RESERVED_ENV) & {e["name"] for e in job["spec"]["trainer"]["env"]}
+
+
+def test_trainjobs_can_patch_an_installed_runtime_instead():
+    """createRuntime=false: the TrainJobs reference torch-distributed and carry volumes, mounts, security
+    and scheduling as runtimePatches; what a patch cannot add is said at render."""
+    values = {**TRAINJOB, "tune.trainJob.createRuntime": False}
+    for preset in ("default", "gpu"):
+        objects = render(preset, **values)
+        assert not m.find(objects, "TrainingRuntime")
+        pytorchjob = tune_jobs(render(preset))[0]
+        for job in trainjobs_of(objects):
+            assert job["spec"]["runtimeRef"]["name"] == "torch-distributed"
+            validate_object(job, objects)
+            pod = tj.trainjob_pod(job, objects)
+            expected = m.pytorchjob_pod(pytorchjob, "Master")
+            for field in ("volumes", "securityContext", "serviceAccountName"):
+                assert pod[field] == expected[field]
+            for field in ("nodeSelector", "tolerations", "affinity"):
+                assert pod.get(field) == expected.get(field)
+            node, pytorch = m.container(pod, "node"), m.container(expected)
+            for field in ("image", "args", "env", "resources", "securityContext", "volumeMounts"):
+                assert node[field] == pytorch[field], field
+    with pytest.raises(
+        helm.HelmRenderError, match=r"data\.type=synthetic writes the dataset in an init container"
+    ):
+        render("kind", **values)
+    with pytest.raises(helm.HelmRenderError, match="priorityClassName cannot reach the pods"):
+        render("default", **values, **{"tune.priorityClassName": "high"})
+
+
+@pytest.mark.parametrize("backend", ["pytorchjob", "trainjob"])
+def test_kueue_queue_suspends_the_jobs_and_labels_them(backend):
+    objects = render("default", **{"tune.backend": backend, "tune.kueue.queueName": "team-a"})
+    jobs = m.component(objects, "tune-worker")
+    jobs = [j for j in jobs if j["kind"] in ("PyTorchJob", "TrainJob")]
+    assert len(jobs) == 2
+    for job in jobs:
+        validate_object(job, objects)
+        assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+        suspend = job["spec"]["runPolicy"]["suspend"] if backend == "pytorchjob" else job["spec"]["suspend"]
+        assert suspend is True
+    for job in m.component(render("default", **{"tune.backend": backend}), "tune-worker"):
+        assert "kueue.x-k8s.io/queue-name" not in job["metadata"]["labels"]
+        assert "suspend" not in job["spec"] and "suspend" not in job["spec"].get("runPolicy", {})
+
+
+def test_trainjob_validators_catch_what_they_are_for():
+    objects = render("kind", **TRAINJOB)
+    job = trainjobs_of(objects)[0]
+
+    def broken(change) -> tuple[dict, list[dict]]:
+        copied = yaml.safe_load(yaml.safe_dump(objects))
+        target = next(o for o in copied if o["metadata"]["name"] == job["metadata"]["name"])
+        change(target, m.one(copied, "TrainingRuntime"))
+        return target, copied
+
+    cases = {
+        r"reserved \['PET_NNODES'\]": lambda j, r: j["spec"]["trainer"]["env"].append(
+            {"name": "PET_NNODES", "value": "2"}
+        ),
+        "no container named 'node'": lambda j, r: tj.runtime_pod(r)["containers"][0].update(name="trainer"),
+        "numProcPerNode": lambda j, r: j["spec"]["trainer"].pop("numProcPerNode"),
+        "got|is not of type 'integer'": lambda j, r: j["spec"]["trainer"].update(numProcPerNode="auto"),
+        "numProcsPerNode": lambda j, r: j["spec"]["trainer"].update(numProcsPerNode=1),  # a typo
+        "env of container 'node' goes in trainer.env": lambda j, r: j["spec"].update(
+            runtimePatches=[
+                {
+                    "manager": "example.com/x",
+                    "trainingRuntimeSpec": {
+                        "template": {
+                            "spec": {
+                                "replicatedJobs": [
+                                    {
+                                        "name": "node",
+                                        "template": {
+                                            "spec": {
+                                                "template": {
+                                                    "spec": {
+                                                        "containers": [
+                                                            {
+                                                                "name": "node",
+                                                                "env": [{"name": "A", "value": "b"}],
+                                                            }
+                                                        ]
+                                                    }
+                                                }
+                                            }
+                                        },
+                                    }
+                                ]
+                            }
+                        }
+                    },
+                }
+            ]
+        ),
+        "Job pods take OnFailure or Never": lambda j, r: tj.runtime_pod(r).update(restartPolicy="Always"),
+        "mlPolicy.torch missing": lambda j, r: r["spec"]["mlPolicy"].pop("torch"),
+    }
+    for message, change in cases.items():
+        target, copied = broken(change)
+        with pytest.raises(AssertionError, match=message):
+            validate_object(target, copied)
+    runtime = yaml.safe_load(yaml.safe_dump(m.one(objects, "TrainingRuntime")))
+    tj.runtime_pod(runtime)["containers"][0]["volumeMount"] = []
+    with pytest.raises(AssertionError, match="volumeMount"):
+        validate_object(runtime)
+
+
+TRAINJOB_SCHEMA_CASES = {
+    "unknown backend": ({"tune.backend": "mpijob"}, "at '/tune/backend'"),
+    "ExitCode on Job pods": ({**TRAINJOB, "tune.restartPolicy": "ExitCode"}, "at '/tune/restartPolicy'"),
+    "Always on Job pods": ({**TRAINJOB, "tune.restartPolicy": "Always"}, "at '/tune/restartPolicy'"),
+    "unknown runtime kind": (
+        {"tune.trainJob.runtimeRef.kind": "JobSet"},
+        "at '/tune/trainJob/runtimeRef/kind'",
+    ),
+    "runtime name not a DNS label": (
+        {"tune.trainJob.runtimeRef.name": "Torch_Distributed"},
+        "at '/tune/trainJob/runtimeRef/name'",
+    ),
+    "unknown trainJob key": ({"tune.trainJob.numProcPerNode": 2}, "at '/tune/trainJob'"),
+    "queue name not a DNS subdomain": ({"tune.kueue.queueName": "Team A"}, "at '/tune/kueue/queueName'"),
+}
+
+
+@pytest.mark.parametrize("case", TRAINJOB_SCHEMA_CASES)
+def test_values_schema_rejects_wrong_trainjob_values(case):
+    set_values, message = TRAINJOB_SCHEMA_CASES[case]
+    with pytest.raises(helm.HelmValuesError) as caught:
+        render("default", **set_values)
+    assert message in str(caught.value)
+
+
+def test_trainjob_pod_host_names_over_63_characters_fail_at_render():
+    """JobSet names a TrainJob's pods <trainjob>-node-0-<i>, and that is their host name (a DNS label)."""
+    values = {**TRAINJOB, "tune.workers": 2, "tune.nodesPerTrial": 2}
+    fits = "x" * 47  # x...-tune-1-node-0-1 is 63 characters
+    assert trainjobs_of(m.render_chart(m.KIND_VALUES, set_values={**values, "fullnameOverride": fits}))
+    with pytest.raises(helm.HelmRenderError, match="-tune-1-node-0-1 would be 64 characters"):
+        m.render_chart(m.KIND_VALUES, set_values={**values, "fullnameOverride": "x" * 48})
+
+
+def test_trainjob_runtime_exists_before_the_trainjobs_that_name_it():
+    """Helm installs kinds it does not know alphabetically (TrainJob < TrainingRuntime), and the Trainer's
+    webhook rejects a TrainJob whose runtime does not exist: the runtime is a pre-install hook, created
+    before any installed object."""
+    objects = render("kind", **TRAINJOB)
+    runtime = m.one(objects, "TrainingRuntime")
+    assert m.hook(runtime) == "pre-install"
+    assert not any(m.is_hook(job) for job in trainjobs_of(objects))
+    assert sorted(["TrainingRuntime", "TrainJob"]) == ["TrainJob", "TrainingRuntime"]  # Go's string order

@@ -4,12 +4,14 @@ chart creates (ConfigMap, Secret, claims, study and paths)."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
 
 from sideformer.cli import build_parser
 from tests.e2e import manifests as m
+from tests.e2e import trainjobs as tj
 from tests.e2e.validation import pod_security_errors, validate_object
 
 FINAL = "sideformer-final"
@@ -152,3 +154,85 @@ def test_operator_environment_of_the_final_job():
     assert master["MASTER_ADDR"] == worker["PET_MASTER_ADDR"] == f"{FINAL}-master-0"
     assert (master["RANK"], worker["RANK"]) == ("0", "1")
     assert master["WORLD_SIZE"] == "8" and master["PET_NNODES"] == "2" and master["PET_NPROC_PER_NODE"] == "4"
+
+
+# --- the final training as a Kubeflow Trainer v2 TrainJob -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trainjob_overlays() -> dict[str, list[dict]]:
+    return {name: m.render_kustomize(name) for name in m.TRAINJOB_OVERLAYS}
+
+
+@pytest.mark.parametrize("overlay", m.TRAINJOB_OVERLAYS)
+def test_trainjob_overlay_renders_a_valid_trainjob_and_its_runtime(trainjob_overlays, overlay):
+    objects = trainjob_overlays[overlay]
+    assert sorted((o["kind"], o["metadata"]["name"]) for o in objects) == [
+        ("TrainJob", FINAL),
+        ("TrainingRuntime", FINAL),
+    ]
+    for obj in objects:
+        validate_object(obj, objects)  # the v2.3.0 CRDs, the torch plugin's rules, the pods strictly
+        assert not pod_security_errors(obj)
+    job = m.one(objects, "TrainJob")
+    assert job["spec"]["runtimeRef"] == {
+        "apiGroup": "trainer.kubeflow.org",
+        "kind": "TrainingRuntime",
+        "name": FINAL,
+    }
+
+
+@pytest.mark.parametrize("overlay", m.TRAINJOB_OVERLAYS)
+def test_trainjob_overlay_runs_exactly_the_pytorchjob_overlay(trainjob_overlays, overlays, overlay):
+    """The same data, output, config and Secret, command, environment, security, resources, scheduling
+    and restarts as the PyTorchJob beside it; only the Workers' /output differs (one pod template: every
+    node mounts the claim, rank 0 alone writes)."""
+    objects = trainjob_overlays[overlay]
+    job = m.one(objects, "TrainJob")
+    runtime = tj.runtime_of(job, objects)
+    (pytorchjob,) = overlays[m.TRAINJOB_OVERLAYS[overlay]]
+    specs = pytorchjob["spec"]["pytorchReplicaSpecs"]
+    assert tj.num_nodes(job, runtime) == sum(spec["replicas"] for spec in specs.values()) == 2
+    assert job["spec"]["trainer"]["numProcPerNode"] == int(pytorchjob["spec"]["nprocPerNode"])
+    assert (
+        tj.replicated_job(runtime)["template"]["spec"]["backoffLimit"]
+        == pytorchjob["spec"]["runPolicy"]["backoffLimit"]
+    )
+    pod = tj.trainjob_pod(job, objects)
+    for replica, spec in specs.items():
+        expected = copy.deepcopy(spec["template"]["spec"])
+        expected["containers"][0]["name"] = "node"
+        expected["restartPolicy"] = spec["restartPolicy"]
+        if replica == "Worker":
+            output = next(v for v in expected["volumes"] if v["name"] == "output")
+            output.clear()
+            output.update(next(v for v in pod["volumes"] if v["name"] == "output"))
+        assert pod == expected, replica
+        template = tj.replicated_job(runtime)["template"]["spec"]["template"]
+        assert template["metadata"] == spec["template"]["metadata"]
+    assert job["metadata"]["labels"] == pytorchjob["metadata"]["labels"]
+
+
+def test_trainjob_overlay_environment_from_the_torch_plugin(trainjob_overlays):
+    objects = trainjob_overlays["trainjob"]
+    job = m.one(objects, "TrainJob")
+    runtime = tj.runtime_of(job, objects)
+    env = tj.plugin_env(job, runtime, 1)
+    assert env == {
+        "PET_NNODES": "2",
+        "PET_NPROC_PER_NODE": "4",
+        "PET_NODE_RANK": "1",
+        "PET_MASTER_ADDR": f"{FINAL}-node-0-0.{FINAL}",
+        "PET_MASTER_PORT": "29400",
+    }
+    assert m.container(tj.trainjob_pod(job, objects), "node")["image"] == "sideformer:cuda"
+    cpu = trainjob_overlays["trainjob-cpu"]
+    pod = tj.trainjob_pod(m.one(cpu, "TrainJob"), cpu)
+    assert {c["image"] for c in [*pod["initContainers"], *pod["containers"]]} == {"sideformer:cpu"}
+
+
+@pytest.mark.parametrize("overlay", m.TRAINJOB_OVERLAYS)
+def test_trainjob_overlay_applies_the_runtime_first(trainjob_overlays, overlay):
+    """`kubectl apply -k` creates objects in the rendered order; the Trainer's webhook rejects a TrainJob
+    whose runtime does not exist yet (sortOptions: fifo keeps the file's order)."""
+    assert [o["kind"] for o in trainjob_overlays[overlay]] == ["TrainingRuntime", "TrainJob"]

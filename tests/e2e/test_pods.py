@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e import manifests as m
+from tests.e2e import trainjobs as tj
 from tests.e2e.docker import Network
 from tests.e2e.pods import Cluster, expand, pods_of
 from tests.e2e.volumes import quantity
@@ -48,6 +49,34 @@ def test_operator_pods_get_the_init_container_env_and_restart_policy():
     assert env["RANK"] == env["PET_NODE_RANK"] == "1" and env["PET_MASTER_ADDR"] == master.name
     assert worker.spec["restartPolicy"] == "OnFailure"
     assert "RANK" not in {e["name"] for e in worker.spec["initContainers"][0].get("env", [])}
+
+
+def test_trainjob_pods_are_what_jobset_and_the_torch_plugin_make(tmp_path: Path):
+    """A TrainJob's nodes: JobSet's host names and subdomain, the runtime's pod with the TrainJob's trainer
+    applied, and the PET_* variables resolved as the kubelet would (the node rank from the pod's
+    completion-index annotation), in the container's docker run."""
+    chart = m.render_chart(m.KIND_VALUES, set_values={"tune.backend": "trainjob"})
+    cluster = Cluster(chart, tmp_path, NETWORK)
+    job = m.find(chart, "TrainJob")[1]
+    name, runtime = job["metadata"]["name"], tj.runtime_of(job, chart)
+    pods = pods_of(job, chart)
+    assert [p.name for p in pods] == [f"{name}-node-0-0", f"{name}-node-0-1"]
+    for i, pod in enumerate(pods):
+        node = m.container(pod.spec, "node")
+        assert (node["image"], node["args"]) == (
+            job["spec"]["trainer"]["image"],
+            job["spec"]["trainer"]["args"],
+        )
+        assert pod.spec["restartPolicy"] == "OnFailure"
+        assert [c["name"] for c in pod.spec["initContainers"]] == ["wait-for-database", "synth-data"]
+        container = cluster.container(pod, node, init=False)
+        pet = {k: v for k, v in container.env.items() if k.startswith("PET_")}
+        assert pet == tj.plugin_env(job, runtime, i)
+        assert pet["PET_NODE_RANK"] == str(i) and pet["PET_MASTER_ADDR"] == f"{name}-node-0-0.{name}"
+        assert container.hostname == pod.name
+        assert list(container.aliases) == [pod.name, f"{pod.name}.{name}"]  # JobSet's headless Service
+        assert container.restart == "on-failure" and container.user == "1000:1000"
+        assert container.env["OPTUNA_STORAGE"] == m.secret_data(chart, "sideformer-tune-db")["storage-url"]
 
 
 def test_a_rendered_container_becomes_its_docker_run(tmp_path: Path):

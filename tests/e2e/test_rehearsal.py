@@ -1,12 +1,16 @@
 """The install, rehearsed in Docker before a cluster sees it: every container of every pod that the chart
 renders for ci/kind-values.yaml and that k8s/overlays/cpu renders runs as the cluster would run it
-(tests/e2e/pods.py), on offline stand-ins for the images no registry can give here (image/stand-ins/):
+(tests/e2e/pods.py), on offline stand-ins for the images no registry can give here (image/stand-ins/).
+Twice: with the Training Operator v1.9's PyTorchJobs (tune.backend=pytorchjob) and with Kubeflow Trainer
+v2's TrainJobs (tune.backend=trainjob, final training from k8s/overlays/trainjob-cpu: two nodes each, with
+the PET_* environment the torch plugin injects and JobSet's host names):
 
   pre-install hooks by weight -> every installed pod at once (PostgreSQL with its initdb script, the study
   creator, the tune workers until the study's budget is met, the dashboard; their init containers order
   them; one tune worker's trainer is SIGKILLed mid-trial and restarts in place, as OnFailure does) -> the
   dashboard lists the study on its Service port -> `helm test` pods -> the final PyTorchJob (Master +
-  Worker) -> the outputs the README promises -> the serving pods stopped as an uninstall would.
+  Worker) or TrainJob (two nodes) -> the outputs the README promises -> the serving pods stopped as an
+  uninstall would.
 
 It prints one table (pod, container, image, uid, exit code, seconds) and fails when the containers it ran
 differ from the containers rendered (the operator's `init-pytorch` on Worker pods counted in)."""
@@ -33,6 +37,7 @@ import yaml
 from optuna.trial import TrialState
 
 from tests.e2e import manifests as m
+from tests.e2e import trainjobs as tj
 from tests.e2e.docker import Network, build_stand_ins, docker
 from tests.e2e.pods import Cluster, Pod, Record, pods_of
 
@@ -40,8 +45,23 @@ pytestmark = pytest.mark.slow
 
 TIMEOUT = 1200  # per container; the whole rehearsal takes a few minutes on two cores
 KILLED_JOB = "sideformer-tune-tune-1"
-KILLED = f"{KILLED_JOB}-master-0"  # its trainer is killed mid-trial, as a crash or the OOM killer would
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+@dataclass(frozen=True)
+class Backend:
+    """What differs between the two Kubeflow generations, for the rehearsal."""
+
+    name: str  # tune.backend
+    final_overlay: str  # the final training's overlay
+    killed: str  # the rank-0 pod of KILLED_JOB: its trainer is killed mid-trial, as a crash would
+    trainer: str  # the training container's name
+
+
+BACKENDS = {
+    "pytorchjob": Backend("pytorchjob", "cpu", f"{KILLED_JOB}-master-0", "pytorch"),
+    "trainjob": Backend("trainjob", "trainjob-cpu", f"{KILLED_JOB}-node-0-0", "node"),
+}
 
 
 def chart_objects(**set_values: Any) -> list[dict[str, Any]]:
@@ -65,7 +85,12 @@ def stand_ins(cpu_image: str) -> str:
     """The stand-ins for every rendered image that is not ours; fails on an image nobody stands in for."""
     chart = chart_objects()
     postgres = m.container(m.pod_spec(m.one(chart, "StatefulSet")), "postgresql")["image"]
-    missing = images(chart + m.render_kustomize("cpu")) - {cpu_image, postgres, m.OPERATOR_INIT_IMAGE}
+    rendered = [
+        *chart,
+        *chart_objects(**{"tune.backend": "trainjob"}),
+        *(obj for backend in BACKENDS.values() for obj in m.render_kustomize(backend.final_overlay)),
+    ]
+    missing = images(rendered) - {cpu_image, postgres, m.OPERATOR_INIT_IMAGE}
     assert not missing, f"rendered images with neither a build nor a stand-in: {missing}"
     build_stand_ins(postgres, m.OPERATOR_INIT_IMAGE)
     return postgres
@@ -73,11 +98,18 @@ def stand_ins(cpu_image: str) -> str:
 
 def expected_containers(objects: list[dict[str, Any]]) -> Counter[tuple[str, str]]:
     """(owner, container) -> how many run, counted from the rendered objects alone: every replica's init
-    and main containers, plus the operator's init-pytorch in each Worker pod of a job with a Master."""
+    and main containers, plus the operator's init-pytorch in each Worker pod of a job with a Master; for a
+    TrainJob, its runtime's pod (patched, as the TrainJob sets it) once per node."""
     counts: Counter[tuple[str, str]] = Counter()
     for obj in objects:
         name = obj["metadata"]["name"]
-        if obj["kind"] == "PyTorchJob":
+        if obj["kind"] in ("TrainingRuntime", "ClusterTrainingRuntime"):
+            continue  # a template: its pods are counted under the TrainJobs that use it
+        if obj["kind"] == "TrainJob":
+            pod = tj.trainjob_pod(obj, objects)
+            for c in [*pod.get("initContainers", []), *pod["containers"]]:
+                counts[name, c["name"]] += tj.num_nodes(obj, tj.runtime_of(obj, objects))
+        elif obj["kind"] == "PyTorchJob":
             for replica, spec in obj["spec"]["pytorchReplicaSpecs"].items():
                 pod = spec["template"]["spec"]
                 names = [c["name"] for c in [*pod.get("initContainers", []), *pod["containers"]]]
@@ -105,13 +137,13 @@ def run_together(cluster: Cluster, pods: list[Pod], *also: Callable[[], None]) -
         future.result()
 
 
-def kill_mid_trial(cluster: Cluster, pod: str, timeout: float = TIMEOUT) -> None:
+def kill_mid_trial(cluster: Cluster, pod: str, trainer: str, timeout: float = TIMEOUT) -> None:
     """SIGKILL the trainer of `pod` once it has finished an epoch, as the OOM killer or a crash would: its
     restart policy (OnFailure) starts the container again in place, as the kubelet does. (`docker kill`
     would count as a manual stop, which no restart policy restarts.)"""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        found = [c for c in list(cluster.started) if c.name.startswith(f"{pod}.pytorch.")]
+        found = [c for c in list(cluster.started) if c.name.startswith(f"{pod}.{trainer}.")]
         if found and "epoch 1/" in found[0].logs():
             os.kill(found[0].state()["Pid"], signal.SIGKILL)
             return
@@ -224,6 +256,7 @@ def test_wait_for_database_init_container_as_rendered(stand_ins: str, tmp_path: 
 
 @dataclass
 class Rehearsal:
+    backend: Backend
     cluster: Cluster
     expected: Counter[tuple[str, str]]
     ran: Counter[tuple[str, str]]
@@ -239,27 +272,33 @@ class Rehearsal:
 
 
 def owner_of(cluster: Cluster, pod_name: str, objects: list[dict[str, Any]]) -> str:
-    return next(o["metadata"]["name"] for o in objects for p in pods_of(o) if p.name == pod_name)
+    return next(o["metadata"]["name"] for o in objects for p in pods_of(o, objects) if p.name == pod_name)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=list(BACKENDS))
 def rehearsal(
-    cpu_image: str, stand_ins: str, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest, cpu_image: str, stand_ins: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Rehearsal]:
-    chart, final = chart_objects(), m.render_kustomize("cpu")
+    backend = BACKENDS[request.param]
+    chart = chart_objects(**{"tune.backend": backend.name})
+    final = m.render_kustomize(backend.final_overlay)
     network = Network.create()
-    cluster = Cluster(chart + final, tmp_path_factory.mktemp("rehearsal"), network)
+    cluster = Cluster(chart + final, tmp_path_factory.mktemp(f"rehearsal-{backend.name}"), network)
     try:
         hooks = sorted(
             (o for o in chart if "pre-install" in (m.hook(o) or "").split(",")),
             key=lambda o: int(o["metadata"]["annotations"].get("helm.sh/hook-weight", "0")),
         )
-        for obj in hooks:  # the generated Secret (no pods); a hook with pods would run to completion here
-            for pod in pods_of(obj):
+        for (
+            obj
+        ) in hooks:  # the generated Secret, the TrainJobs' runtime (no pods); a hook with pods runs here
+            for pod in pods_of(obj, chart):
                 cluster.run_pod(pod, TIMEOUT)
         installed = [o for o in m.installed(chart) if not m.is_hook(o)]
         run_together(
-            cluster, [p for o in installed for p in pods_of(o)], lambda: kill_mid_trial(cluster, KILLED)
+            cluster,
+            [p for o in installed for p in pods_of(o, chart)],
+            lambda: kill_mid_trial(cluster, backend.killed, backend.trainer),
         )
 
         config = yaml.safe_load(m.config_text(chart))
@@ -269,7 +308,7 @@ def rehearsal(
         )
         finished = study.get_trials(deepcopy=False, states=FINISHED)
         trials, best_params = study.get_trials(deepcopy=False), study.best_trial.params
-        tuners = [c for c in cluster.started if "-tune-" in c.name and ".pytorch." in c.name]
+        tuners = [c for c in cluster.started if "-tune-" in c.name and f".{backend.trainer}." in c.name]
         worker_logs = "".join(c.logs() for c in tuners)
         listed = dashboard_studies(cluster, cpu_image, chart)
 
@@ -280,14 +319,15 @@ def rehearsal(
                 o["metadata"]["name"],
             ),
         ):
-            for pod in pods_of(test):
+            for pod in pods_of(test, chart):
                 cluster.run_pod(pod, TIMEOUT)
-        job = m.one(final, "PyTorchJob")
-        run_together(cluster, pods_of(job))
+        (job,) = [o for o in final if pods_of(o, final)]  # the PyTorchJob, or the TrainJob (not its runtime)
+        run_together(cluster, pods_of(job, final))
         cluster.stop_serving()
 
         ran = Counter((owner_of(cluster, r.pod, chart + final), r.container) for r in cluster.records)
         yield Rehearsal(
+            backend,
             cluster,
             expected_containers(chart + final),
             ran,
@@ -299,7 +339,7 @@ def rehearsal(
             trials,
             worker_logs,
             listed,
-            m.run_spec(job).args,
+            m.run_spec(job).args if job["kind"] == "PyTorchJob" else job["spec"]["trainer"]["args"],
         )
     finally:
         (cluster.root / "table.txt").write_text(cluster.table() + "\n")
@@ -323,11 +363,15 @@ def test_every_rendered_container_runs_and_exits_cleanly(
         if r.stopped:
             return r.exit_code in (0, 143) and not r.restarts
         return r.exit_code == 0 and (
-            not r.restarts or (r.pod.startswith(KILLED_JOB) and r.container == "pytorch")
+            not r.restarts or (r.pod.startswith(KILLED_JOB) and r.container == rehearsal.backend.trainer)
         )
 
     assert not [r for r in cluster.records if not clean(r)], cluster.table()
-    killed = next(r for r in cluster.records if r.pod == KILLED and r.container == "pytorch")
+    killed = next(
+        r
+        for r in cluster.records
+        if r.pod == rehearsal.backend.killed and r.container == rehearsal.backend.trainer
+    )
     assert killed.restarts >= 1, cluster.table()
 
 
@@ -355,7 +399,7 @@ def test_dashboard_lists_the_study_on_its_service_port(rehearsal: Rehearsal) -> 
     assert rehearsal.listed_studies == [rehearsal.study]
 
 
-def test_final_pytorchjob_writes_what_the_readme_promises(rehearsal: Rehearsal) -> None:
+def test_final_training_writes_what_the_readme_promises(rehearsal: Rehearsal) -> None:
     args = rehearsal.final_args
     output = Path(args[args.index("--output") + 1])
     final = rehearsal.cluster.claims["sideformer-tune-output"] / output.relative_to("/output")

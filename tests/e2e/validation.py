@@ -5,6 +5,9 @@
   the way kubeconform's openapi2jsonschema does (`additionalProperties: false` wherever `properties` are
   listed), then the operator's own rules (one Master, container `pytorch`, Master/Worker only, a valid
   restartPolicy), and each replica's pod template validated strictly as a core Pod.
+- TrainJob and TrainingRuntime (Kubeflow Trainer v2.3.0): the same way against the v2.3.0 CRDs
+  (tests/e2e/trainjobs.py), then the torch plugin's own rules (no reserved PET_* in trainer.env, a
+  container named `node`, an explicit numProcPerNode), and the pod each TrainJob gets validated strictly.
 - Pod security: non-root, no privilege escalation, all capabilities dropped, read-only root filesystem,
   secrets only through secretKeyRef.
 """
@@ -19,6 +22,7 @@ from typing import Any
 import jsonschema
 import yaml
 
+from tests.e2e import trainjobs
 from tests.e2e.manifests import pod_specs, schemas_dir
 
 K8S_VERSION = "1.33"
@@ -98,9 +102,26 @@ def operator_rule_errors(job: dict[str, Any]) -> list[str]:
     return errors
 
 
-def validate_object(obj: dict[str, Any]) -> None:
-    """Raise AssertionError naming the object and the first problem found."""
+def validate_object(obj: dict[str, Any], objects: list[dict[str, Any]] = ()) -> None:
+    """Raise AssertionError naming the object and the first problem found. A TrainJob's runtime is looked
+    up in `objects` (the other objects rendered with it), else it must be the stock torch-distributed."""
     what = f"{obj.get('kind')}/{(obj.get('metadata') or {}).get('name')}"
+    if obj.get("kind") in ("TrainJob", *trainjobs.RUNTIME_KINDS):
+        assert obj["apiVersion"] == trainjobs.API_VERSION, f"{what}: apiVersion {obj['apiVersion']}"
+        crd = trainjobs.TRAINJOB_CRD if obj["kind"] == "TrainJob" else trainjobs.RUNTIME_CRD
+        errors = sorted(trainjobs.crd_validator(crd).iter_errors(obj), key=lambda e: list(e.path))
+        assert not errors, f"{what}: {errors[0].json_path}: {errors[0].message}"
+        if obj["kind"] == "TrainJob":
+            runtime = trainjobs.runtime_of(obj, list(objects))
+            rules = trainjobs.torch_rule_errors(obj, runtime)
+            assert not rules, f"{what}: {'; '.join(rules)}"
+            pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"}}
+            _validate_core({**pod, "spec": trainjobs.trainjob_pod(obj, list(objects))}, f"{what} pod")
+        else:
+            for spec in pod_specs(obj):
+                pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"}, "spec": spec}
+                _validate_core(pod, f"{what} pod template")
+        return
     if obj.get("kind") == "PyTorchJob":
         assert obj["apiVersion"] == "kubeflow.org/v1", f"{what}: apiVersion {obj['apiVersion']}"
         errors = sorted(pytorchjob_validator().iter_errors(obj), key=lambda e: list(e.path))

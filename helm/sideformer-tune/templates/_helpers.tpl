@@ -201,8 +201,10 @@ emptyDir: {}
 {{- end }}
 
 {{/*
-Pod template of one tune-worker replica; argument: dict "root" $ "replica" "Master"|"Worker" "args" <list>.
+Pod template of one tune-worker replica; argument: dict "root" $ "replica" "Master"|"Worker" "args" <list>
+"container" <name> (default "pytorch": the Training Operator's; Trainer v2's torch plugin wants "node").
 The Master mounts the output volume; Workers (ranks > 0, which never write outputs) get an emptyDir there.
+A TrainJob's nodes share one template, so they all pass "Master".
 */}}
 {{- define "sideformer.tunePodTemplate" -}}
 {{- $root := .root -}}
@@ -238,7 +240,7 @@ spec:
     {{- include "sideformer.synthData" $root | nindent 4 }}
     {{- end }}
   containers:
-    - name: pytorch
+    - name: {{ .container | default "pytorch" }}
       image: {{ include "sideformer.image" $root }}
       imagePullPolicy: {{ $v.image.pullPolicy }}
       args:
@@ -248,12 +250,7 @@ spec:
       securityContext:
         {{- toYaml $v.securityContext | nindent 8 }}
       resources:
-        {{- $resources := deepCopy $v.tune.resources }}
-        {{- if gt (int $v.tune.gpusPerNode) 0 }}
-        {{- $limits := merge (dict "nvidia.com/gpu" (int $v.tune.gpusPerNode)) (default dict $resources.limits) }}
-        {{- $_ := set $resources "limits" $limits }}
-        {{- end }}
-        {{- toYaml $resources | nindent 8 }}
+        {{- include "sideformer.tuneResources" $root | nindent 8 }}
       volumeMounts:
         - name: data
           mountPath: /data
@@ -308,4 +305,47 @@ spec:
   affinity:
     {{- toYaml . | nindent 4 }}
   {{- end }}
+{{- end }}
+
+{{/* The arguments of `sideformer search` in every tune worker, as a YAML list (read with fromYamlArray). */}}
+{{- define "sideformer.tuneArgs" -}}
+{{- $args := list "search" "--data" "/data" "--output" (include "sideformer.studyOutput" .) "--config" "/etc/sideformer/config.yaml" "--study" .Values.study.name -}}
+{{- if not (kindIs "invalid" .Values.tune.nTrials) }}
+{{- $args = concat $args (list "--n-trials" (toString .Values.tune.nTrials)) -}}
+{{- end }}
+{{- toYaml (concat $args .Values.tune.extraArgs) }}
+{{- end }}
+
+{{/* Processes per pod: one per GPU, or one on CPU (torchrun's and Trainer v2's "auto" would start one per core). */}}
+{{- define "sideformer.nprocPerNode" -}}
+{{- ternary 1 .Values.tune.gpusPerNode (eq (int .Values.tune.gpusPerNode) 0) }}
+{{- end }}
+
+{{/* The resources of a training container: tune.resources plus the GPU limit from gpusPerNode. */}}
+{{- define "sideformer.tuneResources" -}}
+{{- $resources := deepCopy .Values.tune.resources }}
+{{- if gt (int .Values.tune.gpusPerNode) 0 }}
+{{- $limits := merge (dict "nvidia.com/gpu" (int .Values.tune.gpusPerNode)) (default dict $resources.limits) }}
+{{- $_ := set $resources "limits" $limits }}
+{{- end }}
+{{- toYaml $resources }}
+{{- end }}
+
+{{/*
+The longest pod host name of the tune workers must be a DNS label (at most 63 characters) or the pods never
+start: the Training Operator names pods and Services <job>-master-0 / <job>-worker-<i>, JobSet names them
+<trainjob>-node-0-<i> (and uses that as the host name). Fail at render, with the way out.
+*/}}
+{{- define "sideformer.checkPodNames" -}}
+{{- $fullname := include "sideformer.fullname" . -}}
+{{- $lastJob := sub (int .Values.tune.workers) 1 -}}
+{{- $longest := "" -}}
+{{- if eq .Values.tune.backend "trainjob" }}
+{{- $longest = printf "%s-tune-%d-node-0-%d" $fullname $lastJob (sub (int .Values.tune.nodesPerTrial) 1) -}}
+{{- else }}
+{{- $longest = printf "%s-tune-%d-worker-%d" $fullname $lastJob (max 0 (sub (int .Values.tune.nodesPerTrial) 2)) -}}
+{{- end }}
+{{- if gt (len $longest) 63 }}
+{{- fail (printf "pod name %s would be %d characters, over Kubernetes' limit of 63: shorten the release name or set fullnameOverride" $longest (len $longest)) }}
+{{- end }}
 {{- end }}
