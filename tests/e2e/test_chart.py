@@ -798,6 +798,27 @@ def test_kueue_queue_suspends_the_jobs_and_labels_them(backend):
         assert "suspend" not in job["spec"] and "suspend" not in job["spec"].get("runPolicy", {})
 
 
+def test_gang_scheduling_policy_reaches_every_pytorchjob_where_the_operator_reads_it():
+    values = {
+        "tune.nodesPerTrial": 3,
+        "tune.schedulingPolicy.enabled": True,
+        "tune.schedulingPolicy.queue": "gpu",
+    }
+    objects = render("default", **values, **{"tune.schedulingPolicy.priorityClass": "research"})
+    jobs = [j for j in m.component(objects, "tune-worker") if j["kind"] == "PyTorchJob"]
+    assert len(jobs) == 2
+    for job in jobs:
+        validate_object(job, objects)  # the CRD schema: runPolicy.schedulingPolicy's fields and types
+        policy = job["spec"]["runPolicy"]["schedulingPolicy"]
+        assert policy == {"minAvailable": 3, "queue": "gpu", "priorityClass": "research"}
+    custom = render("default", **values, **{"tune.schedulingPolicy.minAvailable": 2})
+    assert {
+        j["spec"]["runPolicy"]["schedulingPolicy"]["minAvailable"] for j in m.find(custom, "PyTorchJob")
+    } == {2}
+    for job in m.find(render("default"), "PyTorchJob"):
+        assert "schedulingPolicy" not in job["spec"]["runPolicy"]
+
+
 def test_trainjob_validators_catch_what_they_are_for():
     objects = render("kind", **TRAINJOB)
     job = trainjobs_of(objects)[0]
