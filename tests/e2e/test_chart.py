@@ -166,6 +166,7 @@ SCHEMA_CASES = {
     "unknown top-level key": ({"tunes": {"workers": 2}}, "at '': additional properties 'tunes' not allowed"),
     "unknown nested key": ({"tune.gpus": 2}, "at '/tune': additional properties 'gpus' not allowed"),
     "unknown restart policy": ({"tune.restartPolicy": "Sometimes"}, "at '/tune/restartPolicy'"),
+    "Always restarts a finished search": ({"tune.restartPolicy": "Always"}, "at '/tune/restartPolicy'"),
     "existing claim without a name": ({"data.existingClaim": ""}, "at '/data/existingClaim': minLength"),
     "NFS without a server": ({"output.type": "nfs"}, "at '/output/nfs/server': minLength: got 0, want 1"),
     "secret in extraEnv": (
@@ -212,11 +213,17 @@ def test_values_files_hold_no_secrets():
         ), path
 
 
-def test_chart_never_asks_the_live_cluster():
+def test_chart_asks_the_live_cluster_only_for_the_passwords_it_already_made():
+    """DESIGN.md: the one use of the cluster allowed is `lookup` keeping generated passwords."""
     for template in (m.CHART_DIR / "templates").rglob("*"):
         if template.is_file():
             text = template.read_text()
-            assert not re.search(r"\blookup\b|Capabilities\.APIVersions", text), template
+            assert not re.search(r"Capabilities\.APIVersions", text), template
+            lookups = re.findall(r"\(lookup\s", text)  # calls, not the word in comments
+            if template.name == "secret-db.yaml":
+                assert len(lookups) == 1, template
+            else:
+                assert not lookups, template
 
 
 # --- values land where the commands read them -----------------------------------------------------------
@@ -364,10 +371,13 @@ def test_every_secret_reference_resolves(preset):
     assert refs >= 5
 
 
-def test_generated_database_secret_is_made_once_at_install():
+def test_generated_database_secret_is_a_kept_regular_secret():
+    """Not a hook (Argo CD re-renders hooks on every sync; a reinstall's before-hook-creation deleted the
+    only copy of the passwords): a regular Secret that Helm leaves in place on uninstall."""
     secret = m.one(render("default"), "Secret")
     assert secret["metadata"]["name"] == f"{m.RELEASE}-db"
-    assert m.hook(secret) == "pre-install"  # an upgrade never re-rolls the passwords
+    assert not m.is_hook(secret)
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     import base64
 
     data = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
@@ -379,6 +389,32 @@ def test_generated_database_secret_is_made_once_at_install():
         f"postgresql+psycopg2://viewer:{data['dashboard-password']}@"
     )
     assert len({data["postgres-password"], data["password"], data["dashboard-password"]}) == 3
+
+
+def test_generated_database_secret_keeps_the_passwords_the_cluster_already_has(tmp_path: Path):
+    """An upgrade, or a reinstall over the kept Secret and database volume: `lookup` returns the Secret and
+    its passwords are reused, the URLs rebuilt from them. Offline, Helm's `lookup` always returns nothing,
+    so this renders a copy of the chart whose `lookup` call is replaced by that answer; the rest of the
+    template runs as shipped. (That the real `lookup` finds the Secret only a cluster can show.)"""
+    import base64
+    import shutil
+
+    import helm_python as helm
+
+    kept = {"postgres-password": "A" * 32, "password": "B" * 32, "dashboard-password": "C" * 32}
+    answer = " ".join(f'"{k}" "{base64.b64encode(v.encode()).decode()}"' for k, v in kept.items())
+    chart = shutil.copytree(m.CHART_DIR, tmp_path / "chart")
+    template = chart / "templates/secret-db.yaml"
+    call = '(lookup "v1" "Secret" .Release.Namespace (include "sideformer.db.secretName" .))'
+    assert call in template.read_text()
+    template.write_text(template.read_text().replace(call, f'(dict "data" (dict {answer}))'))
+    with helm.Chart.load(chart) as loaded:
+        files = loaded.render(values=m.load_values(), name=m.RELEASE, namespace=m.NAMESPACE, is_install=True)
+    secret = next(yaml.safe_load(t) for p, t in files.items() if p.endswith("secret-db.yaml"))
+    data = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    assert {k: data[k] for k in kept} == kept
+    assert data["storage-url"] == f"postgresql+psycopg2://tuner:{'B' * 32}@{m.RELEASE}-postgresql:5432/optuna"
+    assert data["dashboard-storage-url"].startswith(f"postgresql+psycopg2://viewer:{'C' * 32}@")
 
 
 def test_existing_secret_replaces_the_generated_one():
@@ -760,6 +796,27 @@ def test_kueue_queue_suspends_the_jobs_and_labels_them(backend):
     for job in m.component(render("default", **{"tune.backend": backend}), "tune-worker"):
         assert "kueue.x-k8s.io/queue-name" not in job["metadata"]["labels"]
         assert "suspend" not in job["spec"] and "suspend" not in job["spec"].get("runPolicy", {})
+
+
+def test_gang_scheduling_policy_reaches_every_pytorchjob_where_the_operator_reads_it():
+    values = {
+        "tune.nodesPerTrial": 3,
+        "tune.schedulingPolicy.enabled": True,
+        "tune.schedulingPolicy.queue": "gpu",
+    }
+    objects = render("default", **values, **{"tune.schedulingPolicy.priorityClass": "research"})
+    jobs = [j for j in m.component(objects, "tune-worker") if j["kind"] == "PyTorchJob"]
+    assert len(jobs) == 2
+    for job in jobs:
+        validate_object(job, objects)  # the CRD schema: runPolicy.schedulingPolicy's fields and types
+        policy = job["spec"]["runPolicy"]["schedulingPolicy"]
+        assert policy == {"minAvailable": 3, "queue": "gpu", "priorityClass": "research"}
+    custom = render("default", **values, **{"tune.schedulingPolicy.minAvailable": 2})
+    assert {
+        j["spec"]["runPolicy"]["schedulingPolicy"]["minAvailable"] for j in m.find(custom, "PyTorchJob")
+    } == {2}
+    for job in m.find(render("default"), "PyTorchJob"):
+        assert "schedulingPolicy" not in job["spec"]["runPolicy"]
 
 
 def test_trainjob_validators_catch_what_they_are_for():

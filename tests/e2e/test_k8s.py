@@ -5,9 +5,12 @@ chart creates (ConfigMap, Secret, claims, study and paths)."""
 from __future__ import annotations
 
 import copy
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from sideformer.cli import build_parser
 from tests.e2e import manifests as m
@@ -236,3 +239,33 @@ def test_trainjob_overlay_applies_the_runtime_first(trainjob_overlays, overlay):
     """`kubectl apply -k` creates objects in the rendered order; the Trainer's webhook rejects a TrainJob
     whose runtime does not exist yet (sortOptions: fifo keeps the file's order)."""
     assert [o["kind"] for o in trainjob_overlays[overlay]] == ["TrainingRuntime", "TrainJob"]
+
+
+@pytest.mark.parametrize("component", ["kueue", "gang-scheduling"])
+def test_gang_scheduling_components_render_valid_jobs(component, tmp_path):
+    """k8s/components/<component> added to an overlay, as its comment says to."""
+    k8s = shutil.copytree(m.K8S_DIR, tmp_path / "k8s", symlinks=True)  # kustomize takes relative paths only
+    overlay = k8s / "overlays" / "with-component"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": ["../../base"],
+                "components": [f"../../components/{component}"],
+            }
+        )
+    )
+    rendered = subprocess.run(
+        [*m.kustomize_command(), str(overlay)], capture_output=True, text=True, timeout=120, check=True
+    )
+    (job,) = [doc for doc in yaml.safe_load_all(rendered.stdout) if doc]
+    validate_object(job)
+    run_policy = job["spec"]["runPolicy"]
+    if component == "kueue":
+        assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "sideformer"
+        assert run_policy["suspend"] is True
+    else:
+        pods = sum(spec["replicas"] for spec in job["spec"]["pytorchReplicaSpecs"].values())
+        assert run_policy["schedulingPolicy"] == {"minAvailable": pods, "queue": "default"}
