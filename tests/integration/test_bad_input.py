@@ -123,13 +123,19 @@ def mask_16_bit(inputs: Inputs) -> Path:
     return mask
 
 
-def config_file(text: bytes) -> Callable[[Inputs], Path]:
+def given_file(name: str, content: bytes) -> Callable[[Inputs], Path]:
+    """A file the user passes by name (a config, a hyperparameter file), with this content."""
+
     def apply(inputs: Inputs) -> Path:
-        path = inputs.root / "config.yaml"
-        path.write_bytes(text)
+        path = inputs.root / name
+        path.write_bytes(content)
         return path
 
     return apply
+
+
+def config_file(text: bytes) -> Callable[[Inputs], Path]:
+    return given_file("config.yaml", text)
 
 
 def train_with_config(inputs: Inputs) -> list[str]:
@@ -145,12 +151,7 @@ def set_value(setting: str) -> Case:
 
 
 def hyperparams(content: bytes) -> Callable[[Inputs], Path]:
-    def apply(inputs: Inputs) -> Path:
-        path = inputs.root / "best_hyperparams.json"
-        path.write_bytes(content)
-        return path
-
-    return apply
+    return given_file("best_hyperparams.json", content)
 
 
 def final(inputs: Inputs) -> list[str]:
