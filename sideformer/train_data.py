@@ -71,6 +71,7 @@ def train_loader(
 ) -> DataLoader:
     """`samples` augmented by TrainTransform, shuffled with train.seed, in batches of train.batch_size."""
     data = config.data
+    workers = loader_workers(config) if workers is None else workers
     dataset = SegmentationDataset(
         samples,
         meta.palette,
@@ -90,12 +91,12 @@ def train_loader(
         # Its own generator: starting an epoch's iterator then leaves the global RNG (dropout) alone,
         # so a run resumed inside an epoch draws the same random numbers as one that was never stopped.
         generator=torch.Generator().manual_seed(config.train.seed),
-        num_workers=workers if workers is not None else loader_workers(config),
+        num_workers=workers,
         collate_fn=pad_collate(meta.ignore_index),
         pin_memory=env.device.type == "cuda",
         drop_last=len(dataset) > config.train.batch_size * env.world_size,  # no size-1 BatchNorm batches
         worker_init_fn=worker_init,
-        persistent_workers=(workers if workers is not None else loader_workers(config)) > 0,
+        persistent_workers=workers > 0,
     )
 
 
