@@ -49,6 +49,12 @@ def relaunch_under_torchrun(value: str | None, argv: list[str]) -> None:
         "sideformer",
         *_without_flag(argv, "--nproc-per-node"),
     ]
+    if os.environ.get("PET_RDZV_BACKEND", "static") != "static":
+        # An elastic rendezvous (the PyTorchJob's elasticPolicy): by default torchrun's agents share their
+        # rendezvous store with the workers, and an agent that stays rank 0 across a re-rendezvous never
+        # publishes the workers' store address for the new round, so a restarted peer waits for it until
+        # the timeout. Without sharing, rank 0 publishes it in every round.
+        os.environ.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
     sys.stdout.flush()
     os.execv(sys.executable, command)
 

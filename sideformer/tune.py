@@ -224,6 +224,16 @@ def _lead(
                 if running and optuna_compat.retry_trial(study, running[-1]):
                     log.info("trial %d stopped by SIGTERM and queued again", running[-1])
                 raise
+            except Exception as exc:
+                if not (env.is_distributed and running and _lost_a_peer(exc)):
+                    raise
+                # Another pod's process of this trial died (its container restarts). Optuna marked the
+                # trial FAIL; queue its retry now, and exit: torchrun's elastic agent restarts this
+                # process, the group re-forms with the restarted pod and resumes the retry from its
+                # checkpoint. (Under a static rendezvous every pod's container restarts instead.)
+                if optuna_compat.retry_trial(study, running[-1]):
+                    log.warning("trial %d lost a peer (%s); queued again", running[-1], first_line(exc))
+                raise
             database_errors = 0
         except Exception as exc:
             if not _caused_by_database(exc):
@@ -245,6 +255,14 @@ def _lead(
         best["value"],
     )
     return best
+
+
+def _lost_a_peer(exc: BaseException) -> bool:
+    """A collective failed because another process of the group went away: gloo raises a RuntimeError
+    from its transport, NCCL and the rendezvous store raise torch.distributed.DistError."""
+    import torch.distributed
+
+    return isinstance(exc, torch.distributed.DistError) or "gloo/transport" in str(exc)
 
 
 def _objective(

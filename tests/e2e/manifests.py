@@ -355,13 +355,42 @@ def operator_env(job: dict[str, Any], replica: str = "Master", index: int = 0) -
         "MASTER_PORT": str(OPERATOR_MASTER_PORT),
         "RANK": str(rank),
         "WORLD_SIZE": str(nodes * int(nproc)),
-        "PET_NNODES": str(nodes),
         "PET_NODE_RANK": str(rank),
         "PET_NPROC_PER_NODE": str(nproc),
         "PET_MASTER_ADDR": master,
         "PET_MASTER_PORT": str(OPERATOR_MASTER_PORT),
         "PYTHONUNBUFFERED": "0",  # the operator's value (any non-empty value unbuffers Python)
+        **(elastic_env(job) if "elasticPolicy" in job["spec"] else {"PET_NNODES": str(nodes)}),
     }
+
+
+def elastic_env(job: dict[str, Any]) -> dict[str, str]:
+    """What the Training Operator v1.9 adds for a PyTorchJob's elasticPolicy (kubeflow/trainer v1.9,
+    pkg/controller.v1/pytorch/elastic.go, after the defaults of pytorchjob_defaults.go): the rendezvous
+    endpoint (rdzvHost, else `<job>-worker-0`; rdzvPort, else the Worker's port), the backend (c10d unless
+    given), PET_NNODES as "min:max" (the defaults: both the Worker replicas, the Master not counted) in
+    place of the plain node count, and the optional fields only when set."""
+    policy, name = job["spec"]["elasticPolicy"], job["metadata"]["name"]
+    workers = int(job["spec"]["pytorchReplicaSpecs"].get("Worker", {}).get("replicas", 1))
+    low = policy.get("minReplicas", policy.get("maxReplicas", workers))
+    high = policy.get("maxReplicas", low)
+    env = {
+        "PET_RDZV_ENDPOINT": f"{policy.get('rdzvHost', f'{name}-worker-0')}:"
+        f"{policy.get('rdzvPort', OPERATOR_MASTER_PORT)}",
+        "PET_RDZV_BACKEND": policy.get("rdzvBackend", "c10d"),
+        "PET_NNODES": f"{low}:{high}",
+    }
+    optional = {
+        "maxRestarts": "PET_MAX_RESTARTS",
+        "nProcPerNode": "PET_N_PROC_PER_NODE",
+        "rdzvId": "PET_RDZV_ID",
+    }
+    env |= {var: str(policy[key]) for key, var in optional.items() if key in policy}
+    if policy.get("rdzvConf"):
+        env["PET_RDZV_CONF"] = ",".join(f"{c['key']}={c['value']}" for c in policy["rdzvConf"])
+    if policy.get("standalone"):
+        env["PET_STANDALONE"] = ""
+    return env
 
 
 def operator_init_containers(job: dict[str, Any], replica: str) -> list[dict[str, Any]]:
@@ -400,3 +429,19 @@ def operator_pod_spec(job: dict[str, Any], replica: str, index: int) -> dict[str
     policy = job["spec"]["pytorchReplicaSpecs"][replica].get("restartPolicy", "Never")
     spec["restartPolicy"] = "Never" if policy == "ExitCode" else policy
     return spec
+
+
+def torchrun_launch_config(env: dict[str, str]) -> Any:
+    """The LaunchConfig torchrun builds in a pod with `env` (its PET_* defaults are read from the process
+    environment when the parser is made), for the command sideformer's launcher runs there."""
+    from torch.distributed import run
+
+    saved = dict(os.environ)
+    os.environ.update(env)
+    try:
+        args = run.parse_args(["--nproc-per-node", env.get("PET_NPROC_PER_NODE", "1"), "-m", "sideformer"])
+        config, _, _ = run.config_from_args(args)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return config

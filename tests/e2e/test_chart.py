@@ -168,6 +168,10 @@ SCHEMA_CASES = {
     "unknown restart policy": ({"tune.restartPolicy": "Sometimes"}, "at '/tune/restartPolicy'"),
     "Always restarts a finished search": ({"tune.restartPolicy": "Always"}, "at '/tune/restartPolicy'"),
     "existing claim without a name": ({"data.existingClaim": ""}, "at '/data/existingClaim': minLength"),
+    "negative elastic restarts": (
+        {"tune.elastic.maxRestarts": -1},
+        "at '/tune/elastic/maxRestarts': minimum: got -1, want 0",
+    ),
     "NFS without a server": ({"output.type": "nfs"}, "at '/output/nfs/server': minLength: got 0, want 1"),
     "secret in extraEnv": (
         {"tune.extraEnv": [{"name": "X", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]},
@@ -780,6 +784,31 @@ def test_trainjobs_can_patch_an_installed_runtime_instead():
         render("kind", **values)
     with pytest.raises(helm.HelmRenderError, match="priorityClassName cannot reach the pods"):
         render("default", **values, **{"tune.priorityClassName": "high"})
+
+
+def test_multi_pod_trials_get_an_elastic_rendezvous_that_torchrun_reads():
+    """nodesPerTrial > 1: every tune PyTorchJob has an elasticPolicy the CRD accepts, and the environment
+    the operator derives from it makes the real torchrun parser build a c10d rendezvous of exactly the
+    trial's pods, hosted by the Master, with the values' worker-group restarts."""
+    objects = render("default", **{"tune.nodesPerTrial": 3, "tune.elastic.maxRestarts": 5})
+    jobs = tune_jobs(objects)
+    assert len(jobs) == 2
+    for job in jobs:
+        validate_object(job, objects)  # the CRD schema: elasticPolicy's fields and types
+        master = f"{job['metadata']['name']}-master-0"
+        for replica, index in (("Master", 0), ("Worker", 0), ("Worker", 1)):
+            env = m.operator_env(job, replica, index)
+            assert env["PET_NNODES"] == "3:3" and env["PET_MAX_RESTARTS"] == "5", env
+            config = m.torchrun_launch_config(env)
+            assert (config.min_nodes, config.max_nodes, config.max_restarts) == (3, 3, 5)
+            assert config.rdzv_backend == "c10d"
+            assert config.rdzv_endpoint == f"{master}:{m.OPERATOR_MASTER_PORT}"
+    # One pod per trial, or elastic switched off: torchrun's static rendezvous on the operator's PET_NNODES.
+    for values in ({"tune.nodesPerTrial": 1}, {"tune.nodesPerTrial": 3, "tune.elastic.enabled": False}):
+        for job in tune_jobs(render("default", **values)):
+            assert "elasticPolicy" not in job["spec"]
+            config = m.torchrun_launch_config(m.operator_env(job))
+            assert config.rdzv_backend == "static" and config.min_nodes == values["tune.nodesPerTrial"]
 
 
 @pytest.mark.parametrize("backend", ["pytorchjob", "trainjob"])

@@ -156,7 +156,22 @@ def test_operator_environment_of_the_final_job():
     master, worker = m.operator_env(job, "Master"), m.operator_env(job, "Worker", 0)
     assert master["MASTER_ADDR"] == worker["PET_MASTER_ADDR"] == f"{FINAL}-master-0"
     assert (master["RANK"], worker["RANK"]) == ("0", "1")
-    assert master["WORLD_SIZE"] == "8" and master["PET_NNODES"] == "2" and master["PET_NPROC_PER_NODE"] == "4"
+    assert master["WORLD_SIZE"] == "8" and master["PET_NPROC_PER_NODE"] == "4"
+
+
+@pytest.mark.parametrize("source", ["plain", *m.OVERLAYS])
+def test_final_job_has_an_elastic_rendezvous_of_all_its_pods(source, overlays):
+    """The final PyTorchJob's elasticPolicy spans exactly its pods (Master + Workers), its rendezvous is
+    hosted by the Master, and torchrun builds that rendezvous from the operator's environment."""
+    (job,) = m.load_k8s_final() if source == "plain" else overlays[source]
+    nodes = sum(spec["replicas"] for spec in job["spec"]["pytorchReplicaSpecs"].values())
+    policy = job["spec"]["elasticPolicy"]
+    assert policy["minReplicas"] == policy["maxReplicas"] == nodes == 2
+    for replica in ("Master", "Worker"):
+        config = m.torchrun_launch_config(m.operator_env(job, replica, 0))
+        assert (config.min_nodes, config.max_nodes, config.rdzv_backend) == (nodes, nodes, "c10d")
+        assert config.rdzv_endpoint == f"{FINAL}-master-0:{m.OPERATOR_MASTER_PORT}"
+        assert config.max_restarts == policy["maxRestarts"] > 0
 
 
 # --- the final training as a Kubeflow Trainer v2 TrainJob -------------------------------------------------

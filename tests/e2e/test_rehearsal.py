@@ -7,7 +7,8 @@ the PET_* environment the torch plugin injects and JobSet's host names):
 
   pre-install hooks by weight -> every installed pod at once (PostgreSQL with its initdb script, the study
   creator, the tune workers until the study's budget is met, the dashboard; their init containers order
-  them; one tune worker's trainer is SIGKILLed mid-trial and restarts in place, as OnFailure does) -> the
+  them; one tune worker's trainer is SIGKILLed mid-trial and restarts in place, as OnFailure does; under
+  the PyTorchJob's elasticPolicy the other pod's torchrun agent restarts only its worker process) -> the
   dashboard lists the study on its Service port -> `helm test` pods -> the final PyTorchJob (Master +
   Worker) or TrainJob (two nodes) -> the outputs the README promises -> the serving pods stopped as an
   uninstall would.
@@ -54,13 +55,21 @@ class Backend:
 
     name: str  # tune.backend
     final_overlay: str  # the final training's overlay
-    killed: str  # the rank-0 pod of KILLED_JOB: its trainer is killed mid-trial, as a crash would
+    watched: str  # the rank-0 pod of KILLED_JOB, which logs the epochs
+    killed: str  # the pod of KILLED_JOB whose trainer is killed mid-trial, as a crash would
     trainer: str  # the training container's name
+    elastic: bool  # torchrun's elastic agents (c10d rendezvous): only the killed pod's container restarts
 
 
 BACKENDS = {
-    "pytorchjob": Backend("pytorchjob", "cpu", f"{KILLED_JOB}-master-0", "pytorch"),
-    "trainjob": Backend("trainjob", "trainjob-cpu", f"{KILLED_JOB}-node-0-0", "node"),
+    # The elastic rendezvous's store lives in the Master: a Worker is the pod whose loss costs one restart.
+    "pytorchjob": Backend(
+        "pytorchjob", "cpu", f"{KILLED_JOB}-master-0", f"{KILLED_JOB}-worker-0", "pytorch", elastic=True
+    ),
+    # TrainJob (Trainer v2.3): a static rendezvous, so every node's container fails and restarts.
+    "trainjob": Backend(
+        "trainjob", "trainjob-cpu", f"{KILLED_JOB}-node-0-0", f"{KILLED_JOB}-node-0-0", "node", elastic=False
+    ),
 }
 
 
@@ -137,18 +146,51 @@ def run_together(cluster: Cluster, pods: list[Pod], *also: Callable[[], None]) -
         future.result()
 
 
-def kill_mid_trial(cluster: Cluster, pod: str, trainer: str, timeout: float = TIMEOUT) -> None:
-    """SIGKILL the trainer of `pod` once it has finished an epoch, as the OOM killer or a crash would: its
-    restart policy (OnFailure) starts the container again in place, as the kubelet does. (`docker kill`
-    would count as a manual stop, which no restart policy restarts.)"""
+@dataclass
+class Kill:
+    """What killing one trainer cost, in seconds from the kill: to the failed trial's resumption from its
+    checkpoint (a new "resuming from" in any tune worker's log: whichever worker takes the retry), and to
+    the killed job's group training again (a new "worker joins study" in its rank-0 pod's log)."""
+
+    seconds_to_progress: float = 0.0
+    seconds_to_regroup: float = 0.0
+
+
+def trainer_logs(cluster: Cluster, trainer: str, pod: str = "-tune-") -> str:
+    """The logs of the trainer containers of the pods whose name contains `pod` (a restarted container's
+    log holds every run's)."""
+    return "".join(c.logs() for c in list(cluster.started) if pod in c.name and f".{trainer}." in c.name)
+
+
+def kill_mid_trial(cluster: Cluster, backend: Backend, kill: Kill, timeout: float = TIMEOUT) -> None:
+    """SIGKILL the trainer of `backend.killed` once the rank-0 pod has finished an epoch, as the OOM killer
+    or a crash would: its restart policy (OnFailure) starts the container again in place, as the kubelet
+    does. (`docker kill` would count as a manual stop, which no restart policy restarts.) Then wait for
+    the trial to resume and the killed job's group to re-form, noting how long each took."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        found = [c for c in list(cluster.started) if c.name.startswith(f"{pod}.{trainer}.")]
-        if found and "epoch 1/" in found[0].logs():
-            os.kill(found[0].state()["Pid"], signal.SIGKILL)
+        started = list(cluster.started)
+        victim = [c for c in started if c.name.startswith(f"{backend.killed}.{backend.trainer}.")]
+        if victim and "epoch 1/" in trainer_logs(cluster, backend.trainer, f"{backend.watched}."):
+            resumed = trainer_logs(cluster, backend.trainer).count("resuming from")
+            joined = trainer_logs(cluster, backend.trainer, f"{backend.watched}.").count("worker joins study")
+            killed_at = time.monotonic()
+            os.kill(victim[0].state()["Pid"], signal.SIGKILL)
+            while time.monotonic() < deadline and not (kill.seconds_to_progress and kill.seconds_to_regroup):
+                if not kill.seconds_to_progress and (
+                    trainer_logs(cluster, backend.trainer).count("resuming from") > resumed
+                ):
+                    kill.seconds_to_progress = time.monotonic() - killed_at
+                if not kill.seconds_to_regroup and (
+                    trainer_logs(cluster, backend.trainer, f"{backend.watched}.").count("worker joins study")
+                    > joined
+                ):
+                    kill.seconds_to_regroup = time.monotonic() - killed_at
+                time.sleep(0.5)
+            assert kill.seconds_to_progress and kill.seconds_to_regroup, f"no recovery within {timeout:.0f} s"
             return
         time.sleep(0.5)
-    raise AssertionError(f"{pod}: no epoch finished within {timeout:.0f} s")
+    raise AssertionError(f"{backend.watched}: no epoch finished within {timeout:.0f} s")
 
 
 def host_url(cluster: Cluster, secret: str, key: str) -> str:
@@ -269,6 +311,7 @@ class Rehearsal:
     worker_logs: str
     listed_studies: list[str]
     final_args: list[str]
+    kill: Kill
 
 
 def owner_of(cluster: Cluster, pod_name: str, objects: list[dict[str, Any]]) -> str:
@@ -284,6 +327,7 @@ def rehearsal(
     final = m.render_kustomize(backend.final_overlay)
     network = Network.create()
     cluster = Cluster(chart + final, tmp_path_factory.mktemp(f"rehearsal-{backend.name}"), network)
+    kill = Kill()
     try:
         hooks = sorted(
             (o for o in chart if "pre-install" in (m.hook(o) or "").split(",")),
@@ -298,7 +342,7 @@ def rehearsal(
         run_together(
             cluster,
             [p for o in installed for p in pods_of(o, chart)],
-            lambda: kill_mid_trial(cluster, backend.killed, backend.trainer),
+            lambda: kill_mid_trial(cluster, backend, kill),
         )
 
         config = yaml.safe_load(m.config_text(chart))
@@ -308,8 +352,7 @@ def rehearsal(
         )
         finished = study.get_trials(deepcopy=False, states=FINISHED)
         trials, best_params = study.get_trials(deepcopy=False), study.best_trial.params
-        tuners = [c for c in cluster.started if "-tune-" in c.name and f".{backend.trainer}." in c.name]
-        worker_logs = "".join(c.logs() for c in tuners)
+        worker_logs = trainer_logs(cluster, backend.trainer)
         listed = dashboard_studies(cluster, cpu_image, chart)
 
         for test in sorted(
@@ -340,6 +383,7 @@ def rehearsal(
             worker_logs,
             listed,
             m.run_spec(job).args if job["kind"] == "PyTorchJob" else job["spec"]["trainer"]["args"],
+            kill,
         )
     finally:
         (cluster.root / "table.txt").write_text(cluster.table() + "\n")
@@ -358,24 +402,41 @@ def test_every_rendered_container_runs_and_exits_cleanly(
     assert ran == expected, f"ran, not rendered: {ran - expected}; rendered, not run: {expected - ran}"
 
     # Exit 0, except: the serving pods end on their stop signal (0, or 143 for SIGTERM; 137 would mean
-    # they ignored it until SIGKILL), and the trainers of the killed tune worker restart in place.
+    # they ignored it until SIGKILL), and the trainers of the killed tune worker restart in place: under
+    # an elastic rendezvous only the killed pod's.
+    backend = rehearsal.backend
+    restarting = backend.killed if backend.elastic else KILLED_JOB
+
     def clean(r: Record) -> bool:
         if r.stopped:
             return r.exit_code in (0, 143) and not r.restarts
         return r.exit_code == 0 and (
-            not r.restarts or (r.pod.startswith(KILLED_JOB) and r.container == rehearsal.backend.trainer)
+            not r.restarts or (r.pod.startswith(restarting) and r.container == backend.trainer)
         )
 
     assert not [r for r in cluster.records if not clean(r)], cluster.table()
-    killed = next(
-        r
-        for r in cluster.records
-        if r.pod == rehearsal.backend.killed and r.container == rehearsal.backend.trainer
-    )
+    killed = next(r for r in cluster.records if r.pod == backend.killed and r.container == backend.trainer)
     assert killed.restarts >= 1, cluster.table()
 
 
-def test_a_killed_tune_worker_restarts_in_place_and_its_trial_resumes(rehearsal: Rehearsal) -> None:
+def test_a_killed_tune_worker_restarts_in_place_and_its_trial_resumes(
+    rehearsal: Rehearsal, capsys: pytest.CaptureFixture
+) -> None:
+    backend, cluster = rehearsal.backend, rehearsal.cluster
+    restarts = sum(
+        r.restarts for r in cluster.records if r.pod.startswith(KILLED_JOB) and r.container == backend.trainer
+    )
+    with capsys.disabled():
+        rendezvous = "elastic" if backend.elastic else "static"
+        print(
+            f"\n{backend.name} ({rendezvous} rendezvous): one trainer killed -> its trial resumed from its "
+            f"checkpoint after {rehearsal.kill.seconds_to_progress:.1f} s, the killed job's group re-formed "
+            f"after {rehearsal.kill.seconds_to_regroup:.1f} s, {restarts} container restart(s)"
+        )
+    if backend.elastic:
+        # Only the killed pod's container restarted: the surviving pod's torchrun agent restarted its
+        # worker process in place and re-formed the group with the restarted pod (the trial resumed).
+        assert restarts == 1, cluster.table()
     failed = [t for t in rehearsal.trials if t.state == TrialState.FAIL]
     assert len(failed) == 1, [(t.number, t.state.name) for t in rehearsal.trials]
     retries = [t for t in rehearsal.trials if t.system_attrs.get("failed_trial") == failed[0].number]
