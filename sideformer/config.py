@@ -343,6 +343,12 @@ def validate(config: Config) -> None:
         ("train.grad_accum", train.grad_accum, train.grad_accum >= 1, ">= 1"),
         ("train.log_every", train.log_every, train.log_every >= 1, ">= 1"),
         (
+            "checkpoint.every_minutes",
+            config.checkpoint.every_minutes,
+            config.checkpoint.every_minutes is None or config.checkpoint.every_minutes > 0,
+            "> 0 or null",
+        ),
+        (
             "early_stop.patience",
             early_stop.patience,
             early_stop.patience >= 0,

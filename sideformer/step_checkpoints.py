@@ -54,21 +54,30 @@ class StepCheckpoints:
         self._signalled = True
 
     def due(self, optimizer_steps: int) -> bool:
-        """After optimizer step number `optimizer_steps` of this run: save a step checkpoint now?
+        """After optimizer step number `optimizer_steps` of this epoch: save a step checkpoint now?
         The same answer on every rank; `stop_requested` says whether to stop after saving."""
         if optimizer_steps % self.check_every:
             return False
         timer = self.every_seconds is not None and time.monotonic() - self._last_save >= self.every_seconds
-        if self.env.is_distributed:
-            flags = torch.tensor([self._signalled, timer], dtype=torch.float32, device=self.env.device)
-            signalled, timer = (bool(v > 0) for v in distributed.all_reduce_sum(flags, self.env).tolist())
-        else:
-            signalled = self._signalled
-        if signalled and not self.stop_requested:
-            self.stop_requested = True
-            if self.env.is_main:
-                log.info("SIGTERM: saving this step's state, then stopping")
+        signalled, timer = self._agree(timer)
         if signalled or timer:
             self._last_save = time.monotonic()
             return True
         return False
+
+    def epoch_saved(self) -> bool:
+        """After an epoch checkpoint: the timer starts again; True when a SIGTERM asks every rank to stop."""
+        self._last_save = time.monotonic()
+        return self._agree(False)[0]
+
+    def _agree(self, timer: bool) -> tuple[bool, bool]:
+        """(SIGTERM on any rank, timer due on any rank): one small all-reduce under several processes."""
+        signalled = self._signalled
+        if self.env.is_distributed:
+            flags = torch.tensor([signalled, timer], dtype=torch.float32, device=self.env.device)
+            signalled, timer = (bool(v > 0) for v in distributed.all_reduce_sum(flags, self.env).tolist())
+        if signalled and not self.stop_requested:
+            self.stop_requested = True
+            if self.env.is_main:
+                log.info("SIGTERM: saving this step's state, then stopping")
+        return signalled, timer

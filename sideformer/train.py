@@ -136,12 +136,9 @@ def train(
             if env.is_main:
                 assert wandb_run is not None
                 save_epoch(run, state, metrics, is_best, jsonl, wandb_run, config.train.epochs)
-            if step_checkpoints.due(0) and step_checkpoints.stop_requested:  # SIGTERM after its last step
+            if step_checkpoints.epoch_saved():  # SIGTERM after the epoch's last step
                 distributed.barrier(env)
-                raise Stopped(
-                    f"stopped by SIGTERM after epoch {metrics.epoch}, saved in {run.last}; run the same "
-                    f"command with --resume to continue from there."
-                )
+                raise _stopped(f"after epoch {metrics.epoch}", run)
             stop = _stop_reason(metrics, state.early, on_epoch, env)
             if stop is not None:
                 stop_reason = stop
@@ -414,10 +411,14 @@ def _save_step(state: TrainState, progress: EpochProgress, run: RunDir, env: Dis
         log.info("saved epoch %d after %d batch(es) to %s", progress.epoch + 1, progress.batches, run.last)
     distributed.barrier(env)
     if stop:
-        raise Stopped(
-            f"stopped by SIGTERM in epoch {progress.epoch + 1} after {progress.batches} batch(es), saved in "
-            f"{run.last}; run the same command with --resume to continue from there."
-        )
+        raise _stopped(f"in epoch {progress.epoch + 1} after {progress.batches} batch(es)", run)
+
+
+def _stopped(where: str, run: RunDir) -> Stopped:
+    return Stopped(
+        f"stopped by SIGTERM {where}, saved in {run.last}; run the same command with --resume to continue "
+        f"from there."
+    )
 
 
 def save_epoch(

@@ -1,4 +1,4 @@
-"""Loader and compile settings whose defaults depend on the machine (data.num_workers: null)."""
+"""Settings whose defaults depend on the machine (data.num_workers: null), compile and checkpoint timing."""
 
 from __future__ import annotations
 
@@ -31,3 +31,9 @@ def test_compile_mode_takes_torch_compile_modes_only() -> None:
     )
     with pytest.raises(UserError, match=r"train\.compile_mode"):
         load_config(overrides=["train.compile_mode=fast"])
+
+
+def test_step_checkpoint_interval_must_be_positive() -> None:
+    assert load_config(overrides=["checkpoint.every_minutes=2.5"]).checkpoint.every_minutes == 2.5
+    with pytest.raises(UserError, match=r"checkpoint\.every_minutes"):
+        load_config(overrides=["checkpoint.every_minutes=-3"])
