@@ -218,21 +218,16 @@ def _lead(
                     n_trials=1,
                     catch=(SurplusTrial, DuplicateTrial),
                 )
-            except Stopped:
-                # Optuna marked the trial FAIL; queue its retry now (a dead worker's waits for the grace
-                # period): whichever worker takes it resumes from the step this one saved.
-                if running and optuna_compat.retry_trial(study, running[-1]):
-                    log.info("trial %d stopped by SIGTERM and queued again", running[-1])
-                raise
             except Exception as exc:
-                if not (env.is_distributed and running and _lost_a_peer(exc)):
-                    raise
-                # Another pod's process of this trial died (its container restarts). Optuna marked the
-                # trial FAIL; queue its retry now, and exit: torchrun's elastic agent restarts this
-                # process, the group re-forms with the restarted pod and resumes the retry from its
-                # checkpoint. (Under a static rendezvous every pod's container restarts instead.)
-                if optuna_compat.retry_trial(study, running[-1]):
-                    log.warning("trial %d lost a peer (%s); queued again", running[-1], first_line(exc))
+                # Stopped by SIGTERM, or a peer pod of this trial died: Optuna marked the trial FAIL. Queue
+                # its retry now instead of after the heartbeat's grace period, and exit; whichever worker
+                # takes the retry resumes from the trial's checkpoint (under an elastic rendezvous,
+                # torchrun restarts this process and the group re-forms with the restarted pod).
+                stopped = isinstance(exc, Stopped)
+                if running and (stopped or (env.is_distributed and _lost_a_peer(exc))):
+                    why = "stopped by SIGTERM" if stopped else f"lost a peer ({first_line(exc)})"
+                    if optuna_compat.retry_trial(study, running[-1]):
+                        log.warning("trial %d %s; queued again", running[-1], why)
                 raise
             database_errors = 0
         except Exception as exc:
