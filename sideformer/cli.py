@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from sideformer import __version__
-from sideformer.errors import Stopped, UserError
+from sideformer.errors import Stopped, UserError, first_line
+from sideformer.rejoin import LOST_PEER_EXIT, report_exit
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -26,6 +27,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Kubernetes and torchrun stop processes with SIGTERM: exit through Python so `finally` blocks
     # (temporary checkpoint files, W&B) clean up, as they do on Ctrl-C.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    code = 1  # an exception that escapes is a bug
+    try:
+        code = _run(args, argv)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+        raise
+    finally:
+        report_exit(code)  # to the supervisor of a multi-pod group, if there is one (`rejoin`)
+    return code
+
+
+def _run(args: argparse.Namespace, argv: list[str]) -> int:
     try:
         return args.handler(args, argv)
     except UserError as exc:
@@ -40,9 +53,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except OSError as exc:
         if exc.filename is None:  # not about a file we were given: a bug to report, with its trace
+            if _lost_a_peer(exc):
+                return _peer_lost(exc)
             raise
         print(f"sideformer: error: {exc.filename}: {exc.strerror}{_access_hint(exc)}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        if _lost_a_peer(exc):
+            return _peer_lost(exc)
+        raise
+
+
+def _lost_a_peer(exc: BaseException) -> bool:
+    if "torch.distributed" not in sys.modules:  # nothing distributed ran: it cannot be a peer
+        return False
+    from sideformer.distributed import lost_a_peer
+
+    return lost_a_peer(exc)
+
+
+def _peer_lost(exc: BaseException) -> int:
+    print(f"sideformer: lost a peer of the training group: {first_line(exc)}", file=sys.stderr)
+    return LOST_PEER_EXIT
 
 
 def _access_hint(exc: OSError) -> str:

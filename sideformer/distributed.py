@@ -83,6 +83,13 @@ def process_group(device_preference: str = "auto") -> Iterator[DistEnv]:
             dist.destroy_process_group()
 
 
+def lost_a_peer(exc: BaseException) -> bool:
+    """A collective failed because another process of the group went away: gloo raises a RuntimeError
+    from its transport ("Connection closed by peer"), NCCL and the stores raise DistError."""
+    text = str(exc)
+    return isinstance(exc, dist.DistError) or "gloo/transport" in text or "closed by peer" in text
+
+
 def all_reduce_sum(tensor: torch.Tensor, env: DistEnv) -> torch.Tensor:
     if env.is_distributed:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)

@@ -224,7 +224,7 @@ def _lead(
                 # takes the retry resumes from the trial's checkpoint (under an elastic rendezvous,
                 # torchrun restarts this process and the group re-forms with the restarted pod).
                 stopped = isinstance(exc, Stopped)
-                if running and (stopped or (env.is_distributed and _lost_a_peer(exc))):
+                if running and (stopped or (env.is_distributed and distributed.lost_a_peer(exc))):
                     why = "stopped by SIGTERM" if stopped else f"lost a peer ({first_line(exc)})"
                     if optuna_compat.retry_trial(study, running[-1]):
                         log.warning("trial %d %s; queued again", running[-1], why)
@@ -250,14 +250,6 @@ def _lead(
         best["value"],
     )
     return best
-
-
-def _lost_a_peer(exc: BaseException) -> bool:
-    """A collective failed because another process of the group went away: gloo raises a RuntimeError
-    from its transport, NCCL and the rendezvous store raise torch.distributed.DistError."""
-    import torch.distributed
-
-    return isinstance(exc, torch.distributed.DistError) or "gloo/transport" in str(exc)
 
 
 def _objective(

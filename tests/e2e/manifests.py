@@ -436,10 +436,13 @@ def torchrun_launch_config(env: dict[str, str]) -> Any:
     environment when the parser is made), for the command sideformer's launcher runs there."""
     from torch.distributed import run
 
+    from sideformer.launch import elastic_rendezvous
+
     saved = dict(os.environ)
     os.environ.update(env)
     try:
-        args = run.parse_args(["--nproc-per-node", env.get("PET_NPROC_PER_NODE", "1"), "-m", "sideformer"])
+        nproc = env.get("PET_NPROC_PER_NODE", "1")
+        args = run.parse_args([*elastic_rendezvous(), "--nproc-per-node", nproc, "-m", "sideformer"])
         config, _, _ = run.config_from_args(args)
     finally:
         os.environ.clear()

@@ -660,6 +660,7 @@ def test_notes_point_only_at_files_the_packaged_chart_holds_or_say_where_they_ar
 # --- Kubeflow Trainer v2: tune.backend=trainjob -----------------------------------------------------------
 
 TRAINJOB = {"tune.backend": "trainjob"}
+ELASTIC_ENV = "SIDEFORMER_ELASTIC_MAX_RESTARTS"
 
 
 def trainjobs_of(objects: list[dict]) -> list[dict]:
@@ -696,7 +697,13 @@ def test_trainjobs_run_exactly_what_the_pytorchjobs_run(preset):
         expected = yaml.safe_load(yaml.safe_dump(m.pytorchjob_pod(pytorchjob, "Master")))
         expected["containers"][0]["name"] = "node"
         expected["restartPolicy"] = pytorchjob["spec"]["pytorchReplicaSpecs"]["Master"]["restartPolicy"]
-        assert tj.trainjob_pod(trainjob, objects) == expected
+        pod = tj.trainjob_pod(trainjob, objects)
+        # The one addition: the TrainJob's stand-in for the PyTorchJob's elasticPolicy, when it has one.
+        node = pod["containers"][0]
+        elastic = [e for e in node["env"] if e["name"] == ELASTIC_ENV]
+        assert len(elastic) == ("elasticPolicy" in pytorchjob["spec"])
+        node["env"] = [e for e in node["env"] if e["name"] != ELASTIC_ENV]
+        assert pod == expected
         runtime = tj.runtime_of(trainjob, objects)
         template = tj.replicated_job(runtime)["template"]["spec"]["template"]
         assert (
@@ -808,6 +815,31 @@ def test_multi_pod_trials_get_an_elastic_rendezvous_that_torchrun_reads():
         for job in tune_jobs(render("default", **values)):
             assert "elasticPolicy" not in job["spec"]
             config = m.torchrun_launch_config(m.operator_env(job))
+            assert config.rdzv_backend == "static" and config.min_nodes == values["tune.nodesPerTrial"]
+
+
+def test_multi_node_trainjobs_get_the_same_elastic_rendezvous_from_the_cli():
+    """Trainer v2.3 has no elastic policy: SIDEFORMER_ELASTIC_MAX_RESTARTS in each TrainJob makes the
+    CLI's launcher give torchrun, on every node, a c10d rendezvous of exactly the trial's nodes at the
+    plugin's master address, hosted by node 0, with the values' restarts; elastic off: static."""
+    values = {**TRAINJOB, "tune.nodesPerTrial": 3, "tune.elastic.maxRestarts": 5}
+    objects = render("default", **values)
+    for job in trainjobs_of(objects):
+        runtime = tj.runtime_of(job, objects)
+        env = {e["name"]: e.get("value") for e in job["spec"]["trainer"]["env"]}
+        for index in range(3):
+            config = m.torchrun_launch_config(
+                {**tj.plugin_env(job, runtime, index), ELASTIC_ENV: env[ELASTIC_ENV]}
+            )
+            assert (config.min_nodes, config.max_nodes, config.max_restarts) == (3, 3, 5)
+            assert config.rdzv_backend == "c10d"
+            assert config.rdzv_endpoint == f"{tj.master_addr(job)}:{tj.MASTER_PORT}"
+            assert config.rdzv_configs["is_host"] == ("true" if index == 0 else "false")
+    for values in ({"tune.nodesPerTrial": 1}, {"tune.nodesPerTrial": 3, "tune.elastic.enabled": False}):
+        objects = render("default", **TRAINJOB, **values)
+        for job in trainjobs_of(objects):
+            assert ELASTIC_ENV not in {e["name"] for e in job["spec"]["trainer"]["env"]}
+            config = m.torchrun_launch_config(tj.plugin_env(job, tj.runtime_of(job, objects), 0))
             assert config.rdzv_backend == "static" and config.min_nodes == values["tune.nodesPerTrial"]
 
 

@@ -151,6 +151,9 @@ def test_final_command_parses_with_the_real_cli(source, overlays):
         assert args[0] == "final" and "--nproc-per-node" not in args  # torchrun comes from PET_* variables
 
 
+ELASTIC_ENV = "SIDEFORMER_ELASTIC_MAX_RESTARTS"
+
+
 def test_operator_environment_of_the_final_job():
     (job,) = m.load_k8s_final()
     master, worker = m.operator_env(job, "Master"), m.operator_env(job, "Worker", 0)
@@ -217,6 +220,9 @@ def test_trainjob_overlay_runs_exactly_the_pytorchjob_overlay(trainjob_overlays,
         == pytorchjob["spec"]["runPolicy"]["backoffLimit"]
     )
     pod = tj.trainjob_pod(job, objects)
+    # The one addition: the TrainJob's stand-in for elasticPolicy (test_trainjob_has_an_elastic_rendezvous).
+    node = pod["containers"][0]
+    node["env"] = [e for e in node["env"] if e["name"] != ELASTIC_ENV]
     for replica, spec in specs.items():
         expected = copy.deepcopy(spec["template"]["spec"])
         expected["containers"][0]["name"] = "node"
@@ -229,6 +235,31 @@ def test_trainjob_overlay_runs_exactly_the_pytorchjob_overlay(trainjob_overlays,
         template = tj.replicated_job(runtime)["template"]["spec"]["template"]
         assert template["metadata"] == spec["template"]["metadata"]
     assert job["metadata"]["labels"] == pytorchjob["metadata"]["labels"]
+
+
+@pytest.mark.parametrize("overlay", m.TRAINJOB_OVERLAYS)
+def test_trainjob_has_an_elastic_rendezvous_of_all_its_nodes(trainjob_overlays, overlays, overlay):
+    """What the PyTorchJob's elasticPolicy gives, from SIDEFORMER_ELASTIC_MAX_RESTARTS and the plugin's
+    PET_*: torchrun in every node builds a c10d rendezvous of exactly its nodes, hosted by node 0 at the
+    master address, with the PyTorchJob's maxRestarts."""
+    objects = trainjob_overlays[overlay]
+    job = m.one(objects, "TrainJob")
+    runtime = tj.runtime_of(job, objects)
+    (pytorchjob,) = overlays[m.TRAINJOB_OVERLAYS[overlay]]
+    env = {
+        e["name"]: e["value"]
+        for e in m.container(tj.trainjob_pod(job, objects), "node")["env"]
+        if "value" in e
+    }
+    nodes = tj.num_nodes(job, runtime)
+    for index in range(nodes):
+        config = m.torchrun_launch_config(
+            {**tj.plugin_env(job, runtime, index), ELASTIC_ENV: env[ELASTIC_ENV]}
+        )
+        assert (config.min_nodes, config.max_nodes, config.rdzv_backend) == (nodes, nodes, "c10d")
+        assert config.rdzv_endpoint == f"{tj.master_addr(job)}:{tj.MASTER_PORT}"
+        assert config.rdzv_configs["is_host"] == ("true" if index == 0 else "false")
+        assert config.max_restarts == pytorchjob["spec"]["elasticPolicy"]["maxRestarts"] > 0
 
 
 def test_trainjob_overlay_environment_from_the_torch_plugin(trainjob_overlays):

@@ -7,8 +7,9 @@ the PET_* environment the torch plugin injects and JobSet's host names):
 
   pre-install hooks by weight -> every installed pod at once (PostgreSQL with its initdb script, the study
   creator, the tune workers until the study's budget is met, the dashboard; their init containers order
-  them; one tune worker's trainer is SIGKILLed mid-trial and restarts in place, as OnFailure does; under
-  the PyTorchJob's elasticPolicy the other pod's torchrun agent restarts only its worker process) -> the
+  them; the trainer of one tune worker's rank-0 pod, which hosts the rendezvous, is SIGKILLed mid-trial
+  and restarts in place, as OnFailure does, while the other pod's `sideformer` rejoins the group without
+  exiting) -> the
   dashboard lists the study on its Service port -> `helm test` pods -> the final PyTorchJob (Master +
   Worker) or TrainJob (two nodes) -> the outputs the README promises -> the serving pods stopped as an
   uninstall would.
@@ -55,21 +56,17 @@ class Backend:
 
     name: str  # tune.backend
     final_overlay: str  # the final training's overlay
-    watched: str  # the rank-0 pod of KILLED_JOB, which logs the epochs
     killed: str  # the pod of KILLED_JOB whose trainer is killed mid-trial, as a crash would
     trainer: str  # the training container's name
-    elastic: bool  # torchrun's elastic agents (c10d rendezvous): only the killed pod's container restarts
+    elastic: bool  # torchrun's elastic agents (c10d rendezvous), else a static rendezvous
 
 
+# The pod killed is the one that hosts the rendezvous store (the elastic agents' or the static one), the
+# loss the other pod's torchrun cannot ride out alone: its `sideformer` starts torchrun again (`rejoin`).
 BACKENDS = {
-    # The elastic rendezvous's store lives in the Master: a Worker is the pod whose loss costs one restart.
-    "pytorchjob": Backend(
-        "pytorchjob", "cpu", f"{KILLED_JOB}-master-0", f"{KILLED_JOB}-worker-0", "pytorch", elastic=True
-    ),
-    # TrainJob (Trainer v2.3): a static rendezvous, so every node's container fails and restarts.
-    "trainjob": Backend(
-        "trainjob", "trainjob-cpu", f"{KILLED_JOB}-node-0-0", f"{KILLED_JOB}-node-0-0", "node", elastic=False
-    ),
+    "pytorchjob": Backend("pytorchjob", "cpu", f"{KILLED_JOB}-master-0", "pytorch", elastic=True),
+    # TrainJob (Trainer v2.3): its torch plugin has no elastic policy, so a static rendezvous.
+    "trainjob": Backend("trainjob", "trainjob-cpu", f"{KILLED_JOB}-node-0-0", "node", elastic=False),
 }
 
 
@@ -163,17 +160,19 @@ def trainer_logs(cluster: Cluster, trainer: str, pod: str = "-tune-") -> str:
 
 
 def kill_mid_trial(cluster: Cluster, backend: Backend, kill: Kill, timeout: float = TIMEOUT) -> None:
-    """SIGKILL the trainer of `backend.killed` once the rank-0 pod has finished an epoch, as the OOM killer
+    """SIGKILL the trainer of `backend.killed` once the job's rank 0 has finished an epoch, as the OOM killer
     or a crash would: its restart policy (OnFailure) starts the container again in place, as the kubelet
     does. (`docker kill` would count as a manual stop, which no restart policy restarts.) Then wait for
-    the trial to resume and the killed job's group to re-form, noting how long each took."""
+    the trial to resume and the killed job's group to re-form (rank 0 may be on either pod after an
+    elastic rendezvous), noting how long each took."""
+    job = f"{KILLED_JOB}-"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         started = list(cluster.started)
         victim = [c for c in started if c.name.startswith(f"{backend.killed}.{backend.trainer}.")]
-        if victim and "epoch 1/" in trainer_logs(cluster, backend.trainer, f"{backend.watched}."):
+        if victim and "epoch 1/" in trainer_logs(cluster, backend.trainer, job):
             resumed = trainer_logs(cluster, backend.trainer).count("resuming from")
-            joined = trainer_logs(cluster, backend.trainer, f"{backend.watched}.").count("worker joins study")
+            joined = trainer_logs(cluster, backend.trainer, job).count("worker joins study")
             killed_at = time.monotonic()
             os.kill(victim[0].state()["Pid"], signal.SIGKILL)
             while time.monotonic() < deadline and not (kill.seconds_to_progress and kill.seconds_to_regroup):
@@ -182,15 +181,14 @@ def kill_mid_trial(cluster: Cluster, backend: Backend, kill: Kill, timeout: floa
                 ):
                     kill.seconds_to_progress = time.monotonic() - killed_at
                 if not kill.seconds_to_regroup and (
-                    trainer_logs(cluster, backend.trainer, f"{backend.watched}.").count("worker joins study")
-                    > joined
+                    trainer_logs(cluster, backend.trainer, job).count("worker joins study") > joined
                 ):
                     kill.seconds_to_regroup = time.monotonic() - killed_at
                 time.sleep(0.5)
             assert kill.seconds_to_progress and kill.seconds_to_regroup, f"no recovery within {timeout:.0f} s"
             return
         time.sleep(0.5)
-    raise AssertionError(f"{backend.watched}: no epoch finished within {timeout:.0f} s")
+    raise AssertionError(f"{KILLED_JOB}: no epoch finished within {timeout:.0f} s")
 
 
 def host_url(cluster: Cluster, secret: str, key: str) -> str:
@@ -402,16 +400,15 @@ def test_every_rendered_container_runs_and_exits_cleanly(
     assert ran == expected, f"ran, not rendered: {ran - expected}; rendered, not run: {expected - ran}"
 
     # Exit 0, except: the serving pods end on their stop signal (0, or 143 for SIGTERM; 137 would mean
-    # they ignored it until SIGKILL), and the trainers of the killed tune worker restart in place: under
-    # an elastic rendezvous only the killed pod's.
+    # they ignored it until SIGKILL), and the killed trainer restarts in place (only it: the other pod
+    # of its job rejoins the group without exiting).
     backend = rehearsal.backend
-    restarting = backend.killed if backend.elastic else KILLED_JOB
 
     def clean(r: Record) -> bool:
         if r.stopped:
             return r.exit_code in (0, 143) and not r.restarts
         return r.exit_code == 0 and (
-            not r.restarts or (r.pod.startswith(restarting) and r.container == backend.trainer)
+            not r.restarts or (r.pod == backend.killed and r.container == backend.trainer)
         )
 
     assert not [r for r in cluster.records if not clean(r)], cluster.table()
@@ -433,10 +430,11 @@ def test_a_killed_tune_worker_restarts_in_place_and_its_trial_resumes(
             f"checkpoint after {rehearsal.kill.seconds_to_progress:.1f} s, the killed job's group re-formed "
             f"after {rehearsal.kill.seconds_to_regroup:.1f} s, {restarts} container restart(s)"
         )
-    if backend.elastic:
-        # Only the killed pod's container restarted: the surviving pod's torchrun agent restarted its
-        # worker process in place and re-formed the group with the restarted pod (the trial resumed).
-        assert restarts == 1, cluster.table()
+    # Only the killed pod's container restarted: the surviving pod's `sideformer` started torchrun again,
+    # which re-formed the group with the restarted pod (and the trial resumed).
+    assert restarts == 1, cluster.table()
+    rejoined = trainer_logs(cluster, backend.trainer, f"{KILLED_JOB}-")
+    assert "rejoining it (1 of 3)" in rejoined, cluster.table()
     failed = [t for t in rehearsal.trials if t.state == TrialState.FAIL]
     assert len(failed) == 1, [(t.number, t.state.name) for t in rehearsal.trials]
     retries = [t for t in rehearsal.trials if t.system_attrs.get("failed_trial") == failed[0].number]
