@@ -14,6 +14,7 @@ from sideformer.data.images import encode_mask, read_image
 from sideformer.data.metadata import Sample
 from sideformer.data.synth import draw_scene
 from sideformer.data.transforms import Crop, EvalTransform, TrainTransform, pad_to, resize_short_side
+from sideformer.errors import UserError
 
 IGNORE = 255
 
@@ -199,3 +200,14 @@ def test_the_dataset_decodes_a_jpeg_reduced_when_the_scale_allows(
         np.testing.assert_array_equal(out_mask.numpy(), ref_mask)
         assert np.abs(out_image.permute(1, 2, 0).numpy().astype(np.int16) - ref_image).mean() < 3.0
     assert set(asked) <= {2, 4} and len(asked) == 6  # 480 / 4 = 120 >= the 64..128 frame
+
+
+@pytest.mark.parametrize("reduction", [1, 2, 4, 8])
+@pytest.mark.parametrize("content", [b"", bytes(range(256)) * 4], ids=["empty", "garbage"])
+def test_an_unreadable_jpeg_is_a_user_error_at_every_reduction(
+    tmp_path: Path, content: bytes, reduction: int
+) -> None:
+    path = tmp_path / "broken.jpg"
+    path.write_bytes(content)
+    with pytest.raises(UserError, match=r"broken\.jpg: cannot read image"):
+        read_image(path, reduction)
