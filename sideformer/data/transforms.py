@@ -109,8 +109,8 @@ def _span(corner: int, length: int, frame: int, source: int) -> _Span:
     valid = min(corner + length, frame) - corner
     per = source / frame  # source pixels per scaled pixel
     first = max(0, math.floor(corner * per) - MARGIN)
-    # The resized cut's pixel grid starts at `start` / per in the frame's; of the few starts before the
-    # window, take the one whose grid lies closest to the whole frame's (whole-pixel offsets).
+    # Resized, the cut's pixels sit at start / per + k in the frame: of the SEARCH starts before the
+    # window, take the one that puts them closest to the frame's own pixel positions.
     start = min(range(first, max(-1, first - SEARCH), -1), key=lambda s: _off_grid(s * frame / source))
     stop = min(source, math.ceil((corner + valid) * per) + MARGIN)
     return _Span(start, stop, round(corner - start * frame / source), valid)
