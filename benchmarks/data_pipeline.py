@@ -16,7 +16,17 @@ frames do, about 0.5 MB) and written as JPEG quality 90, with class-id PNG masks
 The work per image is not identical (SideFormer augments, the reference only resizes): the realistic
 comparison of the two ways of feeding a training loop.
 
-    .venv/bin/python benchmarks/data_pipeline.py [--quick] [--json FILE]
+Before the loaders, [stages] times one worker's work per image (`SegmentationDataset.__getitem__`: decode
+the image, decode the mask, transform) in milliseconds, on one core, for each `--stage-crops` size, for
+the input path as it was and with each change added in turn (same sources, same random draws, interleaved):
+
+  [old]         OpenCV's default PNG masks, BGR decode + colour conversion, the whole frame resized
+                before cropping (the TrainTransform of before, kept here as `old_transform`).
+  [fast-png]    the same with masks written as sideformer writes them now (images.encode_mask).
+  [crop-first]  + decode straight to RGB, crop before resize (TrainTransform.draw / apply).
+  [new]         + the JPEG decoded at 1/2, 1/4 or 1/8 when the drawn scale allows (what training runs).
+
+    .venv/bin/python benchmarks/data_pipeline.py [--quick] [--stages-only] [--json FILE]
 """
 
 from __future__ import annotations
@@ -25,8 +35,10 @@ import argparse
 import gc
 import logging
 import os
+import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -39,10 +51,11 @@ from train_throughput import HFDocsDataset, loader_rate  # benchmarks/train_thro
 
 from sideformer.data.classes import CLASS_NAMES, PALETTE
 from sideformer.data.dataset import SegmentationDataset, pad_collate, worker_init
+from sideformer.data.images import encode_mask, read_image, read_mask
 from sideformer.data.metadata import DatasetMeta, load_metadata, write_metadata
 from sideformer.data.preresize import preresize_samples
 from sideformer.data.synth import draw_scene
-from sideformer.data.transforms import TrainTransform
+from sideformer.data.transforms import TrainTransform, jitter_colour, pad_to, resize_short_side
 
 
 def write_large_dataset(root: Path, count: int, size: tuple[int, int], seed: int = 0) -> Path:
@@ -66,7 +79,7 @@ def _write_pair(job: tuple[Path, int, tuple[int, int], int]) -> tuple[str, str]:
     name = f"{i:05d}"
     bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
     cv2.imwrite(str(root / "images" / f"{name}.jpg"), bgr, [cv2.IMWRITE_JPEG_QUALITY, 90])
-    cv2.imwrite(str(root / "masks" / f"{name}.png"), mask)
+    (root / "masks" / f"{name}.png").write_bytes(encode_mask(mask))  # as `sideformer aihub` writes them
     return f"images/{name}.jpg", f"masks/{name}.png"
 
 
@@ -97,6 +110,98 @@ def sideformer_dataset(samples: list, meta: DatasetMeta, crop: int) -> Segmentat
     return SegmentationDataset(samples, meta.palette, transform)
 
 
+STAGES = ("decode image", "decode mask", "transform")
+VARIANTS = ("old", "fast-png", "crop-first", "new")
+
+
+def old_transform(
+    t: TrainTransform, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """TrainTransform before crop-first: resize the whole frame, pad, then crop (same draws)."""
+    scale = rng.uniform(*t.scale_range)
+    image, mask = resize_short_side(image, mask, max(1, round(t.base_size * scale)))
+    ch, cw = t.crop_size
+    image, mask = pad_to(image, mask, ch, cw, t.ignore_index)
+    top, left = int(rng.integers(0, mask.shape[0] - ch + 1)), int(rng.integers(0, mask.shape[1] - cw + 1))
+    image, mask = image[top : top + ch, left : left + cw], mask[top : top + ch, left : left + cw]
+    if t.hflip and rng.random() < 0.5:
+        image, mask = image[:, ::-1], mask[:, ::-1]
+    if t.color_jitter > 0:
+        image = jitter_colour(np.ascontiguousarray(image), t.color_jitter, rng)
+    return np.ascontiguousarray(image), np.ascontiguousarray(mask)
+
+
+def one_image(
+    variant: str, t: TrainTransform, image_path: Path, mask_path: Path, seed: int
+) -> dict[str, float]:
+    """Seconds per stage of one sample's __getitem__ work in `variant` (see the module docstring)."""
+    rng, clock, spent = np.random.default_rng(seed), time.perf_counter, {}
+
+    def timed(stage: str, work: Callable[[], object]) -> object:
+        started = clock()
+        result = work()
+        spent[stage] = spent.get(stage, 0.0) + clock() - started
+        return result
+
+    mask = timed("decode mask", lambda: read_mask(mask_path, None))
+    if variant in ("old", "fast-png"):
+        image = timed(
+            "decode image",
+            lambda: cv2.cvtColor(cv2.imread(str(image_path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB),
+        )
+        timed("transform", lambda: old_transform(t, image, mask, rng))
+    else:
+        crop = timed("transform", lambda: t.draw(*mask.shape, rng))
+        n = crop.reduction(*mask.shape) if variant == "new" else 1
+        image = timed("decode image", lambda: read_image(image_path, n))
+        timed("transform", lambda: t.apply(image, mask, crop, rng))
+    return spent
+
+
+def stage_costs(
+    samples: list, old_masks: list[Path], crop: int, draws: int, rounds: int = 3
+) -> dict[str, dict[str, float]]:
+    """Milliseconds per image for each variant and stage (and "total"): the median over `rounds` of the
+    mean over every (sample, draw), the variants interleaved per sample so load hits all of them alike."""
+    cv2.setNumThreads(1)  # as in a loader worker (dataset.worker_init)
+    t = TrainTransform((crop, crop), crop, (0.5, 2.0), True, 0.2, 255)
+    per_round: dict[str, dict[str, list[float]]] = {v: {s: [] for s in STAGES} for v in VARIANTS}
+    for _ in range(rounds):
+        sums = {v: dict.fromkeys(STAGES, 0.0) for v in VARIANTS}
+        for i, sample in enumerate(samples):
+            for draw in range(draws):
+                for variant in VARIANTS:
+                    mask = old_masks[i] if variant == "old" else sample.mask
+                    for stage, seconds in one_image(variant, t, sample.image, mask, draw).items():
+                        sums[variant][stage] += seconds
+        count = len(samples) * draws
+        for variant in VARIANTS:
+            for stage in STAGES:
+                per_round[variant][stage].append(1000 * sums[variant][stage] / count)
+    costs = {v: {s: statistics.median(per_round[v][s]) for s in STAGES} for v in VARIANTS}
+    for variant in VARIANTS:
+        costs[variant]["total"] = sum(costs[variant][s] for s in STAGES)
+    return costs
+
+
+def print_stage_costs(costs: dict[str, dict[str, float]], crop: int) -> None:
+    print(f"  [stages] crop {crop}, ms per image on one core:")
+    print("    " + f"{'stage':14s}" + "".join(f"{v:>12s}" for v in VARIANTS))
+    for stage in (*STAGES, "total"):
+        print("    " + f"{stage:14s}" + "".join(f"{costs[v][stage]:12.2f}" for v in VARIANTS))
+    old, new = costs["old"]["total"], costs["new"]["total"]
+    print(f"    new / old: {new / old:.2f} ({old / new:.1f}x fewer ms per image)")
+
+
+def write_default_png_masks(samples: list, folder: Path) -> list[Path]:
+    """The masks again as OpenCV writes a PNG by default, as a dataset from another tool might hold them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / sample.mask.name for sample in samples]
+    for sample, path in zip(samples, paths, strict=True):
+        cv2.imwrite(str(path), cv2.imread(str(sample.mask), cv2.IMREAD_UNCHANGED))
+    return paths
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=48, help="1920x1080 source images (48)")
@@ -104,11 +209,17 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batches", type=int, default=24, help="batches timed per pipeline (24)")
+    parser.add_argument(
+        "--stage-crops", default="512,256", help="crop sizes of the per-stage costs (512,256; empty: none)"
+    )
+    parser.add_argument("--stage-images", type=int, default=16, help="sources timed per stage (16)")
+    parser.add_argument("--stage-draws", type=int, default=4, help="random crops per source (4)")
+    parser.add_argument("--stages-only", action="store_true", help="per-stage costs only, no loaders")
     parser.add_argument("--quick", action="store_true", help="smoke test: 16 images, 6 batches")
     parser.add_argument("--json", type=Path, help="also write every number here")
     args = parser.parse_args()
     if args.quick:
-        args.images, args.batches = 16, 6
+        args.images, args.batches, args.stage_images, args.stage_draws = 16, 6, 4, 2
     logging.basicConfig(level=logging.INFO, format="  %(message)s")
     print(f"machine: {describe()}")
     print(
@@ -126,6 +237,17 @@ def main() -> None:
         )
         meta = load_metadata(data)
         samples = meta.split("train")
+
+        stage_samples = samples[: args.stage_images]
+        old_masks = write_default_png_masks(stage_samples, Path(tmp) / "default-png-masks")
+        stages = {}
+        for crop in [int(c) for c in args.stage_crops.split(",") if c]:
+            stages[crop] = stage_costs(stage_samples, old_masks, crop, args.stage_draws)
+            print_stage_costs(stages[crop], crop)
+        if args.stages_only:
+            if args.json:
+                write_json(args.json, args, stage_ms=stages)
+            return
 
         short = args.crop * 2
         started = time.perf_counter()
@@ -167,7 +289,7 @@ def main() -> None:
         f"docs' loader {rates['ref']:.0f} img/s; copies written once in {build:.0f}s"
     )
     if args.json:
-        write_json(args.json, args, images_per_second=rates, cache_build_s=build)
+        write_json(args.json, args, images_per_second=rates, cache_build_s=build, stage_ms=stages)
 
 
 if __name__ == "__main__":

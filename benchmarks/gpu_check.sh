@@ -5,7 +5,8 @@
 #      environment (so torchrun and NCCL, one process), `--resume` for a third as one plain process
 #      (`--nproc-per-node auto`), `evaluate`, `predict --device cuda` on a folder and a short video,
 #      `export` of that model (ONNX checked with onnxruntime);
-#   3. benchmarks/input_share.py: end to end on 1920x1080 JPEGs against the model-only rate;
+#   3. benchmarks/input_share.py: end to end on 1920x1080 JPEGs against the model-only rate, then
+#      data_pipeline.py --stages-only: one loader worker's ms per image, stage by stage, on this host's CPU;
 #   4. benchmarks/gpu.sh with VARIANTS=b0: fp32, bf16, bf16 + channels_last, bf16 + compile vs the reference;
 #   5. benchmarks/accuracy.py with bf16 (the speed-ups on vs off at the same settings);
 #   6. benchmarks/step_variants.py: one step under each setting, and where its time goes (profile);
@@ -140,6 +141,8 @@ if ((TINY)); then
   step environment 60 0 environment
   step cli 900 0 cli_on_gpu
   step input-share 900 0 "$PYTHON" benchmarks/input_share.py --quick --workers 1 --json "$RESULTS/input.json"
+  step input-stages 900 0 "$PYTHON" benchmarks/data_pipeline.py --quick --stages-only \
+    --json "$RESULTS/input-stages.json"
   step gpu-b0 900 0 env OUT="$RESULTS/gpu-b0" bash benchmarks/gpu.sh --tiny
   step accuracy 900 0 "$PYTHON" benchmarks/accuracy.py --quick --json "$RESULTS/accuracy.json"
   step step-variants 900 0 "$PYTHON" benchmarks/step_variants.py --quick
@@ -147,6 +150,8 @@ else
   step environment 60 0 environment
   step cli 240 0 cli_on_gpu
   step input-share 180 90 "$PYTHON" benchmarks/input_share.py --json "$RESULTS/input.json"
+  step input-stages 60 30 "$PYTHON" benchmarks/data_pipeline.py --stages-only --images 16 --stage-crops 512 \
+    --json "$RESULTS/input-stages.json"
   step gpu-b0 300 150 env OUT="$RESULTS/gpu-b0" VARIANTS=b0 bash benchmarks/gpu.sh
   step accuracy 150 60 "$PYTHON" benchmarks/accuracy.py --json "$RESULTS/accuracy.json"
   step step-variants 200 100 "$PYTHON" benchmarks/step_variants.py

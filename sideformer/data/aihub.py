@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from sideformer.atomic import atomic_path, atomic_write_bytes, atomic_write_json
 from sideformer.data.classes import CLASS_ID, CLASS_NAMES, IGNORE_INDEX, PALETTE
-from sideformer.data.images import decode_palette
+from sideformer.data.images import decode_palette, encode_mask
 from sideformer.data.metadata import write_metadata
 from sideformer.errors import UserError
 
@@ -330,7 +330,7 @@ def convert_aihub(
             mask = render_mask(frame.shapes, frame.height, frame.width, polylines, line_width)
         else:
             mask = _read_colour_mask(frame)
-        atomic_write_bytes(out / mask_rel, cv2.imencode(".png", mask)[1].tobytes())
+        atomic_write_bytes(out / mask_rel, encode_mask(mask))
         _place(frame.image, out / image_rel, link)
         return image_rel, mask_rel
 

@@ -13,6 +13,7 @@ from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 from sideformer.data.images import read_image, read_mask
 from sideformer.data.metadata import Sample
+from sideformer.data.transforms import TrainTransform
 
 Transform = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]]
 
@@ -34,9 +35,15 @@ class SegmentationDataset(Dataset):
             index, seed = item
         else:  # torch seeds each loader worker differently every epoch: draw the seed from it
             index, seed = item, int(torch.randint(0, 2**62, ()).item())
-        sample = self.samples[index]
-        image, mask = read_image(sample.image), read_mask(sample.mask, self.palette)
-        image, mask = self.transform(image, mask, np.random.default_rng(seed))
+        sample, rng = self.samples[index], np.random.default_rng(seed)
+        mask = read_mask(sample.mask, self.palette)
+        if isinstance(self.transform, TrainTransform):
+            # The crop is drawn first: its scale decides how small the JPEG may be decoded.
+            crop = self.transform.draw(*mask.shape, rng)
+            image = read_image(sample.image, crop.reduction(*mask.shape))
+            image, mask = self.transform.apply(image, mask, crop, rng)
+        else:
+            image, mask = self.transform(read_image(sample.image), mask, rng)
         return torch.from_numpy(image).permute(2, 0, 1), torch.from_numpy(mask)
 
 

@@ -10,13 +10,39 @@ import numpy as np
 
 from sideformer.errors import UserError
 
+# Straight to RGB (no colour conversion pass); with a reduction, at 1/n size via libjpeg's DCT scaling.
+_RGB = cv2.IMREAD_COLOR_RGB
+_REDUCED_RGB = {
+    2: cv2.IMREAD_REDUCED_GRAYSCALE_2 | _RGB,
+    4: cv2.IMREAD_REDUCED_GRAYSCALE_4 | _RGB,
+    8: cv2.IMREAD_REDUCED_GRAYSCALE_8 | _RGB,
+}
+_JPEG_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".jfif"}
+# Masks are large flat regions: zlib's fastest level with no PNG row filter decodes several times faster
+# than OpenCV's default (the Sub filter, a higher level) at about twice the (still small) file size.
+# OpenCV 4.11 cannot choose the filter yet; level 1 alone gets most of the gain.
+_FAST_PNG = [cv2.IMWRITE_PNG_COMPRESSION, 1]
+if hasattr(cv2, "IMWRITE_PNG_FILTER"):
+    _FAST_PNG += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE]
 
-def read_image(path: Path) -> np.ndarray:
-    """RGB uint8 HxWx3."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+
+def read_image(path: Path, reduction: int = 1) -> np.ndarray:
+    """RGB uint8 HxWx3. A JPEG with `reduction` 2, 4 or 8 is decoded at that fraction of its size
+    (ceil(side / reduction)), which skips part of the decoding work; other formats ignore `reduction`
+    (OpenCV would decode them whole and then resize)."""
+    reduced = reduction > 1 and path.suffix.lower() in _JPEG_SUFFIXES
+    image = cv2.imread(str(path), _REDUCED_RGB[reduction] if reduced else _RGB)
     if image is None:
         raise UserError(f"{path}: cannot read image (missing, empty or not an image file).")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return image
+
+
+def encode_mask(mask: np.ndarray) -> bytes:
+    """A class-id (or BGR colour) mask as PNG bytes, written for fast decoding."""
+    ok, png = cv2.imencode(".png", mask, _FAST_PNG)
+    if not ok:
+        raise UserError(f"OpenCV could not encode a {mask.shape} {mask.dtype} mask as PNG.")
+    return png.tobytes()
 
 
 def read_mask(path: Path, palette: Sequence[Sequence[int]] | None) -> np.ndarray:

@@ -21,6 +21,7 @@ import numpy as np
 
 from sideformer.atomic import atomic_write_bytes
 from sideformer.data.classes import CLASS_ID, CLASS_NAMES, IGNORE_INDEX, PALETTE
+from sideformer.data.images import encode_mask
 from sideformer.data.metadata import METADATA_FILE, write_metadata
 from sideformer.errors import UserError
 
@@ -425,7 +426,7 @@ def write_synthetic_dataset(
             atomic_write_bytes(
                 out / jpg, cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
             )
-            atomic_write_bytes(out / png, cv2.imencode(".png", mask)[1].tobytes())
+            atomic_write_bytes(out / png, encode_mask(mask))
             splits[name].append((jpg, png))
     if rerun:  # never delete from a dataset some other tool wrote, even one with numbered files
         _remove_stale(out, {path for pairs in splits.values() for pair in pairs for path in pair})
