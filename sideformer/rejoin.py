@@ -24,6 +24,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from sideformer.errors import UserError
+
 REPORTS_ENV = "SIDEFORMER_EXIT_REPORTS"
 REJOINS_ENV = "SIDEFORMER_REJOINS"
 DEFAULT_REJOINS = 3
@@ -42,8 +44,7 @@ def report_exit(code: int) -> None:
 def rejoin_limit() -> int:
     value = os.environ.get(REJOINS_ENV, str(DEFAULT_REJOINS))
     if not value.isdigit():
-        print(f"sideformer: error: {REJOINS_ENV}={value!r}: expected a whole number >= 0.", file=sys.stderr)
-        raise SystemExit(2)
+        raise UserError(f"{REJOINS_ENV}={value!r}: expected a whole number of rejoins (>= 0).")
     return int(value)
 
 

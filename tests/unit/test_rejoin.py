@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch.distributed
 
+from sideformer.cli import main
 from sideformer.distributed import lost_a_peer
 from tests.integration.conftest import REPO
 
@@ -103,3 +104,27 @@ def test_lost_a_peer_knows_the_errors_a_dead_peer_raises() -> None:
     assert lost_a_peer(torch.distributed.DistBackendError("NCCL communicator was aborted"))
     assert not lost_a_peer(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))
     assert not lost_a_peer(ValueError("closed"))
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"), [("SIDEFORMER_REJOINS", "three"), ("SIDEFORMER_ELASTIC_MAX_RESTARTS", "-1")]
+)
+def test_a_bad_setting_is_one_line_before_torchrun_starts(
+    variable: str, value: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    operator = {
+        "PET_NNODES": "2",
+        "PET_NODE_RANK": "0",
+        "PET_MASTER_ADDR": "127.0.0.1",
+        "PET_MASTER_PORT": "1",
+    }
+    for key, setting in {**operator, variable: value}.items():
+        monkeypatch.setenv(key, setting)
+    output = tmp_path / "run"
+    assert main(["train", "--data", str(tmp_path), "--output", str(output)]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err.startswith(f"sideformer: error: {variable}={value!r}: expected a whole number")
+        and err.count("\n") == 1
+    )
+    assert not output.exists()
