@@ -82,18 +82,29 @@ def fail_trials_without_heartbeat(
         }
     finally:
         session.close()
-    callback = rdb.get_heartbeat_stale_trial_callback()
+    return fail_and_retry(study, [old[trial_id] for trial_id in set(old) - beating])
+
+
+def fail_and_retry(study: optuna.Study, trials: list[FrozenTrial]) -> list[int]:
+    """Fail these RUNNING trials and retry each through the storage's stale-trial callback, as if their
+    heartbeat had gone stale. Returns the numbers failed here; a trial another worker finished or
+    failed first is skipped."""
+    storage = study._storage
+    rdb = getattr(storage, "_backend", storage)
+    callback = (
+        rdb.get_heartbeat_stale_trial_callback() if isinstance(rdb, optuna.storages.RDBStorage) else None
+    )
     failed = []
-    for trial_id in set(old) - beating:
+    for trial in trials:
         try:
-            if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+            if not storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
                 continue
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # another worker failed it first
-        failed.append(old[trial_id].number)
+        failed.append(trial.number)
         if callback is not None:
             with experimental_allowed():
-                callback(study, storage.get_trial(trial_id))
+                callback(study, storage.get_trial(trial._trial_id))
     return sorted(failed)
 
 

@@ -16,6 +16,7 @@ import datetime
 import json
 import logging
 import math
+import os
 import secrets
 import time
 from collections import Counter
@@ -39,6 +40,7 @@ from sideformer.study import create_study, load_study, open_storage, redact, res
 from sideformer.train import TrainResult, train
 from sideformer.train_state import EpochMetrics
 
+WORKER_ID_ENV = "SIDEFORMER_WORKER_ID"  # unique among the running workers, the same after a restart
 log = logging.getLogger(__name__)
 
 WAIT_SECONDS = 5.0
@@ -194,6 +196,7 @@ def _lead(
     )
     study.pruner = _pruner(search)
     log.info("worker joins study %r on %s (sampler seed %d)", study_name, redact(storage_url), seed)
+    _reclaim_own_trials(study)
 
     database_errors = 0
     running: list[int] = []  # the trials this worker trained, the last for a SIGTERM in the middle of it
@@ -252,6 +255,22 @@ def _lead(
     return best
 
 
+def _reclaim_own_trials(study: optuna.Study) -> None:
+    """A worker that restarted (its container, in the same pod) re-queues the trials its previous life
+    left RUNNING at once, instead of leaving them to wait out the heartbeat's grace period. Only where
+    SIDEFORMER_WORKER_ID names this worker uniquely among the running ones (the chart sets the pod name):
+    two workers on one machine share a host name, and neither may fail the other's trial."""
+    worker = os.environ.get(WORKER_ID_ENV)
+    if not worker:
+        return
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    mine = [t for t in running if t.user_attrs.get("worker") == worker]
+    for number in optuna_compat.fail_and_retry(study, mine):
+        log.warning(
+            "trial %d was left running by this worker (%s) before it restarted; queued again", number, worker
+        )
+
+
 def _objective(
     trial: optuna.Trial, config: Config, params: list[Param], env: DistEnv, running: list[int]
 ) -> float:
@@ -274,6 +293,8 @@ def _objective(
     trial_config.wandb.group = trial.study.study_name
     trial_config.wandb.name = f"trial-{trial.number}"
     trial.set_user_attr("output", trial_config.output)
+    if WORKER_ID_ENV in os.environ:
+        trial.set_user_attr("worker", os.environ[WORKER_ID_ENV])
     log.info("trial %d%s: %s", trial.number, f" (retry of {root})" if history else "", json.dumps(values))
 
     def report_to_study(metrics: EpochMetrics) -> bool:

@@ -313,13 +313,15 @@ def run_spec(obj: dict[str, Any], replica: str = "Master", container_name: str =
     env: dict[str, str] = {}
     secret_env: dict[str, SecretRef] = {}
     for var in c.get("env", []):
-        ref = (var.get("valueFrom") or {}).get("secretKeyRef")
-        if ref:
+        value_from = var.get("valueFrom") or {}
+        if ref := value_from.get("secretKeyRef"):
             secret_env[var["name"]] = SecretRef(ref["name"], ref["key"], bool(ref.get("optional", False)))
         elif "value" in var:
             env[var["name"]] = str(var["value"])
+        elif field := value_from.get("fieldRef"):
+            env[var["name"]] = f"<fieldRef {field['fieldPath']}>"  # the pod's own, resolved by the kubelet
         else:
-            raise ValueError(f"env {var['name']}: only plain values and secretKeyRef are used here")
+            raise ValueError(f"env {var['name']}: only plain values, fieldRef and secretKeyRef are used here")
     volumes = {v["name"]: {k: val for k, val in v.items() if k != "name"} for v in pod.get("volumes", [])}
     mounts = {
         m["mountPath"]: Mount(m["name"], bool(m.get("readOnly", False)), m.get("subPath"), volumes[m["name"]])

@@ -818,6 +818,22 @@ def test_multi_pod_trials_get_an_elastic_rendezvous_that_torchrun_reads():
             assert config.rdzv_backend == "static" and config.min_nodes == values["tune.nodesPerTrial"]
 
 
+@pytest.mark.parametrize("backend", ["pytorchjob", "trainjob"])
+def test_tune_workers_know_themselves_by_pod_name(backend):
+    """SIDEFORMER_WORKER_ID is the pod's name (unique among running pods, kept across container restarts):
+    a restarted worker re-queues the trial it left running at once (sideformer.tune)."""
+    objects = render("default", **{"tune.backend": backend, "tune.nodesPerTrial": 2})
+    jobs = [j for j in m.component(objects, "tune-worker") if j["kind"] in ("PyTorchJob", "TrainJob")]
+    for job in jobs:
+        env = (
+            job["spec"]["trainer"]["env"]
+            if backend == "trainjob"
+            else m.container(m.pod_spec(job, "Master"), "pytorch")["env"]
+        )
+        (worker,) = [e for e in env if e["name"] == "SIDEFORMER_WORKER_ID"]
+        assert worker["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+
+
 def test_multi_node_trainjobs_get_the_same_elastic_rendezvous_from_the_cli():
     """Trainer v2.3 has no elastic policy: SIDEFORMER_ELASTIC_MAX_RESTARTS in each TrainJob makes the
     CLI's launcher give torchrun, on every node, a c10d rendezvous of exactly the trial's nodes at the

@@ -58,15 +58,17 @@ class Backend:
     final_overlay: str  # the final training's overlay
     killed: str  # the pod of KILLED_JOB whose trainer is killed mid-trial, as a crash would
     trainer: str  # the training container's name
-    elastic: bool  # torchrun's elastic agents (c10d rendezvous), else a static rendezvous
+    rendezvous: str  # how the multi-pod trials rendezvous, for the printout
 
 
 # The pod killed is the one that hosts the rendezvous store (the elastic agents' or the static one), the
 # loss the other pod's torchrun cannot ride out alone: its `sideformer` starts torchrun again (`rejoin`).
 BACKENDS = {
-    "pytorchjob": Backend("pytorchjob", "cpu", f"{KILLED_JOB}-master-0", "pytorch", elastic=True),
-    # TrainJob (Trainer v2.3): its torch plugin has no elastic policy, so a static rendezvous.
-    "trainjob": Backend("trainjob", "trainjob-cpu", f"{KILLED_JOB}-node-0-0", "node", elastic=False),
+    "pytorchjob": Backend("pytorchjob", "cpu", f"{KILLED_JOB}-master-0", "pytorch", "elasticPolicy"),
+    # TrainJob (Trainer v2.3): its torch plugin has no elastic policy; the CLI sets the same one up.
+    "trainjob": Backend(
+        "trainjob", "trainjob-cpu", f"{KILLED_JOB}-node-0-0", "node", "SIDEFORMER_ELASTIC_MAX_RESTARTS"
+    ),
 }
 
 
@@ -424,11 +426,12 @@ def test_a_killed_tune_worker_restarts_in_place_and_its_trial_resumes(
         r.restarts for r in cluster.records if r.pod.startswith(KILLED_JOB) and r.container == backend.trainer
     )
     with capsys.disabled():
-        rendezvous = "elastic" if backend.elastic else "static"
         print(
-            f"\n{backend.name} ({rendezvous} rendezvous): one trainer killed -> its trial resumed from its "
-            f"checkpoint after {rehearsal.kill.seconds_to_progress:.1f} s, the killed job's group re-formed "
-            f"after {rehearsal.kill.seconds_to_regroup:.1f} s, {restarts} container restart(s)"
+            f"\n{backend.name} (c10d rendezvous from {backend.rendezvous}): the rendezvous host's trainer "
+            f"killed -> its trial resumed from its checkpoint after "
+            f"{rehearsal.kill.seconds_to_progress:.1f} s, "
+            f"the killed job's group re-formed after {rehearsal.kill.seconds_to_regroup:.1f} s, "
+            f"{restarts} container restart(s)"
         )
     # Only the killed pod's container restarted: the surviving pod's `sideformer` started torchrun again,
     # which re-formed the group with the restarted pod (and the trial resumed).

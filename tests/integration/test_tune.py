@@ -164,6 +164,57 @@ def test_a_killed_worker_s_trial_is_retried_and_resumes(
     assert len([t for t in trials if t.state in FINISHED]) == 2
 
 
+def test_a_restarted_worker_queues_its_own_trial_again_at_once(
+    synth_dataset: Path, tmp_path: Path, postgres_url: str, run
+) -> None:
+    """A worker killed mid-trial whose container restarts in the same pod (SIDEFORMER_WORKER_ID, the pod
+    name, unchanged) fails and re-queues the trial it left RUNNING as it starts, and resumes it: no wait
+    for the heartbeat's grace period, here an hour, which would outlast the test."""
+    config = write_config(tmp_path / "search.yaml", n_trials=1, epochs=4, pruner="none", grace_period=3600)
+    create_study(config, postgres_url, run)
+    output, first_log, second_log = tmp_path / "out", tmp_path / "first.log", tmp_path / "second.log"
+    command = search_cmd(synth_dataset, output, config, postgres_url)
+    pod = {"SIDEFORMER_WORKER_ID": "sideformer-tune-tune-0-master-0"}
+    first = subprocess.Popen(
+        command, env=env_for(**pod), cwd=REPO, stdout=first_log.open("w"), stderr=subprocess.STDOUT
+    )
+    progress = output / "trials/trial_0000/train_log.jsonl"
+    wait_until(
+        lambda: (
+            (progress.exists() and len(progress.read_text().splitlines()) >= 2) or first.poll() is not None
+        ),
+        300,
+        first_log.read_text,
+    )
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+
+    # A worker of another pod leaves the trial alone: it is not its own, and within its grace period.
+    other_log = tmp_path / "other.log"
+    other_pod = env_for(SIDEFORMER_WORKER_ID="sideformer-tune-tune-1-master-0")
+    other = subprocess.Popen(
+        command, env=other_pod, cwd=REPO, stdout=other_log.open("w"), stderr=subprocess.STDOUT
+    )
+    wait_until(lambda: "worker joins study" in other_log.read_text(), 120, other_log.read_text)
+    time.sleep(2)
+    other.kill()
+    other.wait()
+    assert "queued again" not in other_log.read_text()
+    study = optuna.load_study(study_name="test", storage=postgres_url)
+    assert [t.state for t in study.get_trials(deepcopy=False)] == [TrialState.RUNNING]
+
+    second = subprocess.Popen(
+        command, env=env_for(**pod), cwd=REPO, stdout=second_log.open("w"), stderr=subprocess.STDOUT
+    )
+    wait_all([second], [second_log], timeout=300)
+    log = second_log.read_text()
+    assert "trial 0 was left running by this worker (sideformer-tune-tune-0-master-0)" in log, log
+    trials = optuna.load_study(study_name="test", storage=postgres_url).get_trials(deepcopy=False)
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert trials[1].system_attrs.get("failed_trial") == 0 and min(trials[1].intermediate_values) > 2
+    assert "retry of 0" in log and "resuming from" in log
+
+
 def test_workers_survive_a_database_restart(
     synth_dataset: Path, tmp_path: Path, postgres_server: PostgresServer, postgres_url: str, run
 ) -> None:

@@ -137,6 +137,12 @@ has none for the pods' uid 1000: without a user name pg_isready answers "no atte
   value: /tmp
 - name: WANDB_DIR
   value: {{ include "sideformer.studyOutput" . }}
+# The pod's name: unique among running workers and kept across container restarts, so a restarted
+# worker knows the trial it left running as its own and queues it again at once.
+- name: SIDEFORMER_WORKER_ID
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
 {{- with .Values.wandb.existingSecret }}
 - name: WANDB_API_KEY
   valueFrom:
