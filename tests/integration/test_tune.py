@@ -82,6 +82,20 @@ def wait_for_running_trial(
     wait_until(started, timeout, lambda: f"no trial started:\n{log.read_text()[-3000:]}", interval=0.5)
 
 
+def kill_after_two_epochs(worker: subprocess.Popen, output: Path, log: Path) -> None:
+    """SIGKILL a worker once its first trial has logged two epochs, as a crash or the OOM killer would."""
+    progress = output / "trials/trial_0000/train_log.jsonl"
+    wait_until(
+        lambda: (
+            (progress.exists() and len(progress.read_text().splitlines()) >= 2) or worker.poll() is not None
+        ),
+        300,
+        log.read_text,
+    )
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+
+
 def create_study(config: Path, url: str, run) -> None:
     proc = run(sideformer("study", "create", "--storage", url, "--study", "test", "--config", str(config)))
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -139,16 +153,7 @@ def test_a_killed_worker_s_trial_is_retried_and_resumes(
     output = tmp_path / "out"
     first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
     first = start(search_cmd(synth_dataset, output, config, postgres_url, "--seed", "1"), first_log)
-    progress = output / "trials/trial_0000/train_log.jsonl"
-    wait_until(
-        lambda: (
-            (progress.exists() and len(progress.read_text().splitlines()) >= 2) or first.poll() is not None
-        ),
-        300,
-        first_log.read_text,
-    )
-    first.send_signal(signal.SIGKILL)
-    first.wait()
+    kill_after_two_epochs(first, output, first_log)
 
     second = start(search_cmd(synth_dataset, output, config, postgres_url, "--seed", "2"), second_log)
     wait_all([second], [second_log])
@@ -178,16 +183,7 @@ def test_a_restarted_worker_queues_its_own_trial_again_at_once(
     first = subprocess.Popen(
         command, env=env_for(**pod), cwd=REPO, stdout=first_log.open("w"), stderr=subprocess.STDOUT
     )
-    progress = output / "trials/trial_0000/train_log.jsonl"
-    wait_until(
-        lambda: (
-            (progress.exists() and len(progress.read_text().splitlines()) >= 2) or first.poll() is not None
-        ),
-        300,
-        first_log.read_text,
-    )
-    first.send_signal(signal.SIGKILL)
-    first.wait()
+    kill_after_two_epochs(first, output, first_log)
 
     # A worker of another pod leaves the trial alone: it is not its own, and within its grace period.
     other_log = tmp_path / "other.log"
