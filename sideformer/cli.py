@@ -13,7 +13,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from sideformer import __version__
 from sideformer.errors import Stopped, UserError, first_line
@@ -54,13 +54,13 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     except OSError as exc:
         if exc.filename is None:  # not about a file we were given: a bug to report, with its trace
             if _lost_a_peer(exc):
-                return _peer_lost(exc)
+                _peer_lost(exc)
             raise
         print(f"sideformer: error: {exc.filename}: {exc.strerror}{_access_hint(exc)}", file=sys.stderr)
         return 2
     except Exception as exc:
         if _lost_a_peer(exc):
-            return _peer_lost(exc)
+            _peer_lost(exc)
         raise
 
 
@@ -72,9 +72,14 @@ def _lost_a_peer(exc: BaseException) -> bool:
     return lost_a_peer(exc)
 
 
-def _peer_lost(exc: BaseException) -> int:
+def _peer_lost(exc: BaseException) -> NoReturn:
     print(f"sideformer: lost a peer of the training group: {first_line(exc)}", file=sys.stderr)
-    return LOST_PEER_EXIT
+    report_exit(LOST_PEER_EXIT)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # What is left of a group with a dead peer (DDP's pending reductions, gloo's connections) can block
+    # in its destructors until torchrun's SIGKILL 30 s later (measured): leave without running them.
+    os._exit(LOST_PEER_EXIT)
 
 
 def _access_hint(exc: OSError) -> str:
