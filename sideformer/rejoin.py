@@ -63,15 +63,17 @@ def supervise(command: list[str], limit: int) -> int:
     signal.signal(signal.SIGTERM, pass_on)
     signal.signal(signal.SIGINT, pass_on)
     rejoins = 0
-    while True:
+    while stop_signal is None:
         with tempfile.TemporaryDirectory(prefix="sideformer-exits-") as reports:
             child = subprocess.Popen(command, env={**os.environ, REPORTS_ENV: reports})
+            if stop_signal is not None:  # it came while torchrun was starting
+                child.send_signal(stop_signal)
             code = child.wait()
             worker_codes = sorted({int(p.read_text()) for p in Path(reports).iterdir()})
         if code == 0:
             return 0
         if stop_signal is not None:
-            return 128 + stop_signal
+            break
         own = [c for c in worker_codes if c in OWN_FAILURES]
         if own:
             return own[-1]  # 2 when a user error is among them: the container's exit says what to fix
@@ -81,6 +83,7 @@ def supervise(command: list[str], limit: int) -> int:
         rejoins += 1
         why = f"training processes exited with {worker_codes}" if worker_codes else f"torchrun exited {code}"
         _say(f"the training group broke ({why}); rejoining it ({rejoins} of {limit})")
+    return 128 + stop_signal
 
 
 def _say(message: str) -> None:
