@@ -40,10 +40,10 @@ from sideformer.study import create_study, load_study, open_storage, redact, res
 from sideformer.train import TrainResult, train
 from sideformer.train_state import EpochMetrics
 
-WORKER_ID_ENV = "SIDEFORMER_WORKER_ID"  # unique among the running workers, the same after a restart
 log = logging.getLogger(__name__)
 
 WAIT_SECONDS = 5.0
+WORKER_ID_ENV = "SIDEFORMER_WORKER_ID"  # unique among the running workers, the same after a restart
 MAX_DATABASE_ERRORS = 60  # consecutive failed attempts, WAIT_SECONDS apart: five minutes
 
 
@@ -224,8 +224,8 @@ def _lead(
             except Exception as exc:
                 # Stopped by SIGTERM, or a peer pod of this trial died: Optuna marked the trial FAIL. Queue
                 # its retry now instead of after the heartbeat's grace period, and exit; whichever worker
-                # takes the retry resumes from the trial's checkpoint (under an elastic rendezvous,
-                # torchrun restarts this process and the group re-forms with the restarted pod).
+                # takes the retry resumes from the trial's checkpoint (with several pods, torchrun's elastic
+                # agent or this pod's `sideformer` starts this process again and the group re-forms).
                 stopped = isinstance(exc, Stopped)
                 if running and (stopped or (env.is_distributed and distributed.lost_a_peer(exc))):
                     why = "stopped by SIGTERM" if stopped else f"lost a peer ({first_line(exc)})"
