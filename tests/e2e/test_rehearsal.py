@@ -445,6 +445,8 @@ def test_a_killed_tune_worker_restarts_in_place_and_its_trial_resumes(
     assert retries[0].params == failed[0].params
     assert min(retries[0].intermediate_values) >= 2, "the retry started over instead of resuming"
     assert f"retry of {failed[0].number}" in rehearsal.worker_logs
+    # Re-queued by the restarted trainer itself (it knows the trial by its pod name), not by the heartbeat.
+    assert f"trial {failed[0].number} was left running by this worker" in rehearsal.worker_logs
     assert "resuming from" in rehearsal.worker_logs
 
 
