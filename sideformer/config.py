@@ -285,11 +285,24 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
     raise UserError(f"{source}: '{key}' must be {getattr(hint, '__name__', hint)}, got {value!r}.")
 
 
+Rule = tuple[str, Any, bool, str]  # key, value, whether it holds, the rule in words
+
+
 def validate(config: Config) -> None:
     """Range checks the types cannot express. Each message names the key, its value and the rule."""
-    data, model, optim, train = config.data, config.model, config.optim, config.train
-    early_stop, search = config.early_stop, config.search
-    rules: list[tuple[str, Any, bool, str]] = [
+    rules = [
+        *_data_rules(config.data),
+        *_model_and_optim_rules(config.model, config.optim),
+        *_training_rules(config),
+        *_search_rules(config.search),
+    ]
+    errors = [f"{key} = {value!r}: must be {rule}" for key, value, ok, rule in rules if not ok]
+    if errors:
+        raise UserError("invalid configuration:\n  " + "\n  ".join(errors))
+
+
+def _data_rules(data: DataConfig) -> list[Rule]:
+    return [
         (
             "data.crop_size",
             data.crop_size,
@@ -319,6 +332,11 @@ def validate(config: Config) -> None:
             f"a non-empty list drawn from {list(SPLITS)}",
         ),
         ("data.eval_split", data.eval_split, data.eval_split in SPLITS, f"one of {list(SPLITS)}"),
+    ]
+
+
+def _model_and_optim_rules(model: ModelConfig, optim: OptimConfig) -> list[Rule]:
+    return [
         ("model.variant", model.variant, model.variant in VARIANTS, f"one of {list(VARIANTS)}"),
         ("optim.lr", optim.lr, optim.lr > 0, "> 0"),
         ("optim.weight_decay", optim.weight_decay, optim.weight_decay >= 0, ">= 0"),
@@ -332,6 +350,12 @@ def validate(config: Config) -> None:
         ("optim.warmup_steps", optim.warmup_steps, optim.warmup_steps >= 0, ">= 0"),
         ("optim.poly_power", optim.poly_power, optim.poly_power > 0, "> 0"),
         ("optim.grad_clip", optim.grad_clip, optim.grad_clip is None or optim.grad_clip > 0, "> 0 or null"),
+    ]
+
+
+def _training_rules(config: Config) -> list[Rule]:
+    train, early_stop = config.train, config.early_stop
+    return [
         ("train.epochs", train.epochs, train.epochs >= 1, ">= 1"),
         ("train.batch_size", train.batch_size, train.batch_size >= 1, ">= 1"),
         (
@@ -355,6 +379,11 @@ def validate(config: Config) -> None:
             ">= 0 (0 turns early stopping off)",
         ),
         ("early_stop.min_delta", early_stop.min_delta, early_stop.min_delta >= 0, ">= 0"),
+    ]
+
+
+def _search_rules(search: SearchConfig) -> list[Rule]:
+    return [
         ("search.n_trials", search.n_trials, search.n_trials >= 1, ">= 1"),
         ("search.epochs", search.epochs, search.epochs >= 1, ">= 1"),
         ("search.data_fraction", search.data_fraction, 0.0 < search.data_fraction <= 1.0, "in (0, 1]"),
@@ -385,6 +414,3 @@ def validate(config: Config) -> None:
         ),
         ("search.max_retry", search.max_retry, search.max_retry >= 0, ">= 0"),
     ]
-    errors = [f"{key} = {value!r}: must be {rule}" for key, value, ok, rule in rules if not ok]
-    if errors:
-        raise UserError("invalid configuration:\n  " + "\n  ".join(errors))
