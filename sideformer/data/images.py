@@ -10,13 +10,16 @@ import numpy as np
 
 from sideformer.errors import UserError
 
-# Straight to RGB (no colour conversion pass); with a reduction, at 1/n size via libjpeg's DCT scaling.
-_RGB = cv2.IMREAD_COLOR_RGB
-_REDUCED_RGB = {
-    2: cv2.IMREAD_REDUCED_GRAYSCALE_2 | _RGB,
-    4: cv2.IMREAD_REDUCED_GRAYSCALE_4 | _RGB,
-    8: cv2.IMREAD_REDUCED_GRAYSCALE_8 | _RGB,
+# A reduction decodes a JPEG at 1/n size via libjpeg's DCT scaling; OpenCV >= 4.11 decodes straight to RGB
+# (no colour conversion pass), older ones (a machine's preinstalled OpenCV) to BGR, converted after.
+_SCALE = {
+    1: cv2.IMREAD_GRAYSCALE,  # 0: no reduction, the colour flag below decides the rest
+    2: cv2.IMREAD_REDUCED_GRAYSCALE_2,
+    4: cv2.IMREAD_REDUCED_GRAYSCALE_4,
+    8: cv2.IMREAD_REDUCED_GRAYSCALE_8,
 }
+_DECODES_RGB = hasattr(cv2, "IMREAD_COLOR_RGB")
+_COLOUR = cv2.IMREAD_COLOR_RGB if _DECODES_RGB else cv2.IMREAD_COLOR
 _JPEG_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".jfif"}
 # Masks are large flat regions: zlib's fastest level with no PNG row filter decodes several times faster
 # than OpenCV's default (the Sub filter, a higher level) at about twice the (still small) file size.
@@ -31,10 +34,10 @@ def read_image(path: Path, reduction: int = 1) -> np.ndarray:
     (ceil(side / reduction)), which skips part of the decoding work; other formats ignore `reduction`
     (OpenCV would decode them whole and then resize)."""
     reduced = reduction > 1 and path.suffix.lower() in _JPEG_SUFFIXES
-    image = cv2.imread(str(path), _REDUCED_RGB[reduction] if reduced else _RGB)
+    image = cv2.imread(str(path), _SCALE[reduction if reduced else 1] | _COLOUR)
     if image is None:
         raise UserError(f"{path}: cannot read image (missing, empty or not an image file).")
-    return image
+    return image if _DECODES_RGB else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 def encode_mask(mask: np.ndarray) -> bytes:

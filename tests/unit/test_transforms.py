@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from sideformer.data import dataset
+from sideformer.data import dataset, images
 from sideformer.data.dataset import SegmentationDataset
 from sideformer.data.images import encode_mask, read_image
 from sideformer.data.metadata import Sample
@@ -211,3 +211,19 @@ def test_an_unreadable_jpeg_is_a_user_error_at_every_reduction(
     path.write_bytes(content)
     with pytest.raises(UserError, match=r"broken\.jpg: cannot read image"):
         read_image(path, reduction)
+
+
+@pytest.mark.parametrize("reduction", [1, 2, 4])
+def test_an_opencv_without_rgb_decoding_gives_the_same_rgb_image(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reduction: int
+) -> None:
+    """OpenCV < 4.11 (a machine's preinstalled one) decodes to BGR and the reader converts: the same pixels
+    as OpenCV's own RGB decode, at every reduction."""
+    image, _ = draw_scene(np.random.default_rng(1), 240, 320)
+    path = tmp_path / "a.jpg"
+    cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+    rgb = read_image(path, reduction)
+    monkeypatch.setattr(images, "_DECODES_RGB", False)
+    monkeypatch.setattr(images, "_COLOUR", cv2.IMREAD_COLOR)
+    np.testing.assert_array_equal(read_image(path, reduction), rgb)
+    assert rgb.shape == (-(-240 // reduction), -(-320 // reduction), 3)
