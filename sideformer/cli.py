@@ -33,6 +33,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
         raise
+    except Exception as exc:  # a bug, with its trace, unless a peer of the group went away
+        if _lost_a_peer(exc):
+            _peer_lost(exc)
+        raise
     finally:
         report_exit(code)  # to the supervisor of a multi-pod group, if there is one (`rejoin`)
     return code
@@ -53,15 +57,9 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         return 130
     except OSError as exc:
         if exc.filename is None:  # not about a file we were given: a bug to report, with its trace
-            if _lost_a_peer(exc):
-                _peer_lost(exc)
             raise
         print(f"sideformer: error: {exc.filename}: {exc.strerror}{_access_hint(exc)}", file=sys.stderr)
         return 2
-    except Exception as exc:
-        if _lost_a_peer(exc):
-            _peer_lost(exc)
-        raise
 
 
 def _lost_a_peer(exc: BaseException) -> bool:

@@ -61,7 +61,7 @@ def relaunch_under_torchrun(value: str | None, argv: list[str]) -> None:
         # sharing, rank 0 publishes it in every round.
         os.environ.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
     sys.stdout.flush()
-    if operator and os.environ["PET_NNODES"] not in ("1", "1:1"):
+    if operator and _several_nodes():
         # Several pods: stay as this pod's supervisor, to rejoin the group when a peer pod restarts.
         from sideformer.rejoin import rejoin_limit, supervise
 
@@ -76,8 +76,7 @@ def elastic_rendezvous() -> list[str]:
     elasticPolicy, the agents restart their workers when a restarted pod rejoins, instead of waiting for
     the backend (NCCL) to notice that a peer died."""
     restarts = os.environ.get(ELASTIC_ENV)
-    nodes = os.environ.get("PET_NNODES", "1")
-    if restarts is None or os.environ.get("PET_RDZV_BACKEND", "static") != "static" or nodes == "1":
+    if restarts is None or os.environ.get("PET_RDZV_BACKEND", "static") != "static" or not _several_nodes():
         return []
     if not restarts.isdigit():
         raise UserError(f"{ELASTIC_ENV}={restarts!r}: expected a whole number of restarts (>= 0).")
@@ -90,6 +89,11 @@ def elastic_rendezvous() -> list[str]:
         f"--rdzv-conf=is_host={str(is_host).lower()}",
         f"--max-restarts={restarts}",
     ]
+
+
+def _several_nodes() -> bool:
+    """The operator's PET_NNODES ("N", or "min:max" under an elastic policy) allows more than one pod."""
+    return os.environ.get("PET_NNODES", "1").split(":")[-1] != "1"
 
 
 def _without_flag(argv: list[str], flag: str) -> list[str]:

@@ -89,11 +89,7 @@ def fail_and_retry(study: optuna.Study, trials: list[FrozenTrial]) -> list[int]:
     """Fail these RUNNING trials and retry each through the storage's stale-trial callback, as if their
     heartbeat had gone stale. Returns the numbers failed here; a trial another worker finished or
     failed first is skipped."""
-    storage = study._storage
-    rdb = getattr(storage, "_backend", storage)
-    callback = (
-        rdb.get_heartbeat_stale_trial_callback() if isinstance(rdb, optuna.storages.RDBStorage) else None
-    )
+    storage, callback = study._storage, _stale_trial_callback(study)
     failed = []
     for trial in trials:
         try:
@@ -112,13 +108,16 @@ def retry_trial(study: optuna.Study, number: int) -> bool:
     """Re-enqueue finished (failed) trial `number` through the storage's stale-trial callback, as if its
     worker had died: same parameters, retry history kept, so the retry resumes from its checkpoint.
     False when the storage has no such callback (heartbeats off)."""
-    rdb = getattr(study._storage, "_backend", study._storage)
-    callback = (
-        rdb.get_heartbeat_stale_trial_callback() if isinstance(rdb, optuna.storages.RDBStorage) else None
-    )
+    callback = _stale_trial_callback(study)
     if callback is None:
         return False
     trial = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
     with experimental_allowed():
         callback(study, trial)
     return True
+
+
+def _stale_trial_callback(study: optuna.Study) -> Any:
+    """The storage's heartbeat stale-trial callback (the retry), or None without heartbeats."""
+    rdb = getattr(study._storage, "_backend", study._storage)  # a Study wraps its RDBStorage in a cache
+    return rdb.get_heartbeat_stale_trial_callback() if isinstance(rdb, optuna.storages.RDBStorage) else None

@@ -47,16 +47,15 @@ def build_loaders(config: Config, meta: DatasetMeta, env: DistEnv) -> Loaders:
     if config.data.preresize:
         samples = _preresized(samples, meta, config, env)
     base_size = config.data.base_size or min(config.data.crop_size)
-    workers = loader_workers(config)
     val = eval_loader(
         meta,
         config.data.eval_split,
         base_size,
         config.train.eval_batch_size or config.train.batch_size,
-        workers,
+        loader_workers(config),
         env,
     )
-    return Loaders(train_loader(samples, meta, config, env, workers), val, meta, base_size)
+    return Loaders(train_loader(samples, meta, config, env), val, meta, base_size)
 
 
 def loader_workers(config: Config) -> int:
@@ -66,12 +65,10 @@ def loader_workers(config: Config) -> int:
     return default_workers(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
-def train_loader(
-    samples: list[Sample], meta: DatasetMeta, config: Config, env: DistEnv, workers: int | None = None
-) -> DataLoader:
+def train_loader(samples: list[Sample], meta: DatasetMeta, config: Config, env: DistEnv) -> DataLoader:
     """`samples` augmented by TrainTransform, shuffled with train.seed, in batches of train.batch_size."""
     data = config.data
-    workers = loader_workers(config) if workers is None else workers
+    workers = loader_workers(config)
     dataset = SegmentationDataset(
         samples,
         meta.palette,

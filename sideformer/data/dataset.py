@@ -11,11 +11,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 
-from sideformer.data.images import read_image, read_mask
+from sideformer.data.images import read_mask
 from sideformer.data.metadata import Sample
-from sideformer.data.transforms import TrainTransform
+from sideformer.data.transforms import EvalTransform, TrainTransform
 
-Transform = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]]
+Transform = TrainTransform | EvalTransform
 
 
 class SegmentationDataset(Dataset):
@@ -35,15 +35,9 @@ class SegmentationDataset(Dataset):
             index, seed = item
         else:  # torch seeds each loader worker differently every epoch: draw the seed from it
             index, seed = item, int(torch.randint(0, 2**62, ()).item())
-        sample, rng = self.samples[index], np.random.default_rng(seed)
+        sample = self.samples[index]
         mask = read_mask(sample.mask, self.palette)
-        if isinstance(self.transform, TrainTransform):
-            # The crop is drawn first: its scale decides how small the JPEG may be decoded.
-            crop = self.transform.draw(*mask.shape, rng)
-            image = read_image(sample.image, crop.reduction(*mask.shape))
-            image, mask = self.transform.apply(image, mask, crop, rng)
-        else:
-            image, mask = self.transform(read_image(sample.image), mask, rng)
+        image, mask = self.transform.from_file(sample.image, mask, np.random.default_rng(seed))
         return torch.from_numpy(image).permute(2, 0, 1), torch.from_numpy(mask)
 
 

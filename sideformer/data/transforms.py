@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
+
+from sideformer.data.images import read_image
 
 
 def short_side_size(height: int, width: int, short: int) -> tuple[int, int]:
@@ -160,6 +163,14 @@ class TrainTransform:
     ) -> tuple[np.ndarray, np.ndarray]:
         return self.apply(image, mask, self.draw(*mask.shape, rng), rng)
 
+    def from_file(
+        self, image_path: Path, mask: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The same, decoding the image itself: the crop is drawn first, since its scale decides how
+        small the JPEG may be decoded."""
+        crop = self.draw(*mask.shape, rng)
+        return self.apply(read_image(image_path, crop.reduction(*mask.shape)), mask, crop, rng)
+
     def draw(self, height: int, width: int, rng: np.random.Generator) -> Crop:
         """Scale, window and flip for a `height` x `width` source (the mask's size)."""
         scale = rng.uniform(*self.scale_range)
@@ -193,3 +204,8 @@ class EvalTransform:
         self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         return resize_short_side(image, mask, self.base_size)
+
+    def from_file(
+        self, image_path: Path, mask: np.ndarray, rng: np.random.Generator | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        return self(read_image(image_path), mask, rng)

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from sideformer.data import dataset, images
+from sideformer.data import images, transforms
 from sideformer.data.dataset import SegmentationDataset
 from sideformer.data.images import encode_mask, read_image
 from sideformer.data.metadata import Sample
@@ -191,7 +191,7 @@ def test_the_dataset_decodes_a_jpeg_reduced_when_the_scale_allows(
     sample.mask.write_bytes(encode_mask(mask))
     transform = TrainTransform((128, 128), 128, (0.5, 1.0), True, 0.2, IGNORE)
     asked: list[int] = []
-    monkeypatch.setattr(dataset, "read_image", lambda path, n=1: asked.append(n) or read_image(path, n))
+    monkeypatch.setattr(transforms, "read_image", lambda path, n=1: asked.append(n) or read_image(path, n))
     data = SegmentationDataset([sample], None, transform)
     full = read_image(sample.image)
     for seed in range(6):
