@@ -16,7 +16,14 @@ from sideformer.errors import UserError, first_line
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    atomic_write_with(path, lambda tmp: torch.save(state, tmp))
+    atomic_write_with(path, lambda tmp: _save(state, tmp))
+
+
+def _save(state: dict[str, Any], tmp: Path) -> None:
+    # Through a Python file: a full disk is then an OSError (ENOSPC) rather than torch's C++ writer's
+    # "unexpected pos" RuntimeError.
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

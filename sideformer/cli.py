@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from sideformer import __version__
+from sideformer.atomic import DiskFull, is_disk_full
 from sideformer.errors import Stopped, UserError, first_line
 from sideformer.rejoin import LOST_PEER_EXIT, report_exit
 
@@ -45,6 +46,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
     try:
         return args.handler(args, argv)
+    except DiskFull as exc:
+        # `train` without --resume refuses a folder holding a checkpoint: say what continues the run.
+        again = " Add --resume to continue from the last checkpoint." if _resumable(args) else ""
+        print(f"sideformer: error: {exc}{again}", file=sys.stderr)
+        return 2
     except UserError as exc:
         print(f"sideformer: error: {exc}", file=sys.stderr)
         return 2
@@ -56,10 +62,19 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         print("sideformer: interrupted", file=sys.stderr)
         return 130
     except OSError as exc:
+        if is_disk_full(exc):  # a write outside `atomic` (a library's own file): still one line
+            where = f"{exc.filename}: " if exc.filename else ""
+            print(f"sideformer: error: {where}the disk is full ({exc.strerror}); free some space and "
+                  "run the same command again.", file=sys.stderr)
+            return 2
         if exc.filename is None:  # not about a file we were given: a bug to report, with its trace
             raise
         print(f"sideformer: error: {exc.filename}: {exc.strerror}{_access_hint(exc)}", file=sys.stderr)
         return 2
+
+
+def _resumable(args: argparse.Namespace) -> bool:
+    return args.handler is _train and not args.resume
 
 
 def _lost_a_peer(exc: BaseException) -> bool:

@@ -93,6 +93,9 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 20
     """Optimizer steps between loss read-outs (each one is a host sync)."""
+    progress_seconds: float = 30.0
+    """Without a terminal (a pipe, a pod's log): one progress line (images, images/s, ETA) inside an epoch
+    this often; 0: none. On a terminal a live bar shows instead."""
     compile: bool = False
     """torch.compile the training forward (opt-in: minutes of compiling first; on CPU it did not pay off)."""
     compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
@@ -366,6 +369,7 @@ def _training_rules(config: Config) -> list[Rule]:
         ),
         ("train.grad_accum", train.grad_accum, train.grad_accum >= 1, ">= 1"),
         ("train.log_every", train.log_every, train.log_every >= 1, ">= 1"),
+        ("train.progress_seconds", train.progress_seconds, train.progress_seconds >= 0, ">= 0"),
         (
             "checkpoint.every_minutes",
             config.checkpoint.every_minutes,

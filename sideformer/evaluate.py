@@ -24,6 +24,7 @@ from sideformer.data.metadata import DatasetMeta, load_metadata
 from sideformer.distributed import DistEnv
 from sideformer.errors import UserError
 from sideformer.metrics import ConfusionMatrix, format_iou_table
+from sideformer.output_lock import output_lock
 from sideformer.rundir import RunDir
 from sideformer.trained_model import TrainedModel, load_trained_model
 from sideformer.validation import EvalResult, eval_loader, evaluate
@@ -63,27 +64,28 @@ def evaluate_model(
 ) -> Evaluation:
     """Evaluate a trained model on one split of a dataset and write the report files into `out`."""
     trained = load_trained_model(model, device, precision)
+    out = Path(out) if out is not None else default_output(trained.folder, split)
     meta = load_metadata(data)
     _check_split(meta, split, trained, size)
-    base_size, batch = size or trained.base_size, batch_size or trained.eval_batch_size
-    env = DistEnv(rank=0, world_size=1, local_rank=0, device=trained.device)
-    loader = eval_loader(meta, split, base_size, batch, workers, env)
-    worst_images = WorstImages(worst, meta.num_classes, meta.ignore_index)
-    result = _validate(trained, meta, loader, split, env, worst_images)
+    with output_lock(out):  # before the work: a second evaluation into `out` refuses at once
+        base_size, batch = size or trained.base_size, batch_size or trained.eval_batch_size
+        env = DistEnv(rank=0, world_size=1, local_rank=0, device=trained.device)
+        loader = eval_loader(meta, split, base_size, batch, workers, env)
+        worst_images = WorstImages(worst, meta.num_classes, meta.ignore_index)
+        result = _validate(trained, meta, loader, split, env, worst_images)
 
-    out = Path(out) if out is not None else default_output(trained.folder, split)
-    samples = meta.split(split)
-    evaluation = Evaluation(out=out, split=split, classes=meta.classes, result=result, images=len(samples))
-    title = f"{meta.name} / {split}: mIoU {result.metrics.miou:.3f}"
-    assert result.confusion is not None
-    evaluation.files["confusion matrix"] = plots.write_png(
-        out / CONFUSION_FILE, plots.confusion_matrix_image(result.confusion.numpy(), meta.classes, title)
-    )
-    if worst_images.ranked():
-        grid, evaluation.worst = _worst_grid(worst_images, loader, meta, split, trained.palette)
-        evaluation.files["worst predictions"] = plots.write_png(out / WORST_FILE, grid)
-    _write_evaluation_json(evaluation, trained, meta, base_size, batch)
-    return evaluation
+        samples = meta.split(split)
+        evaluation = Evaluation(out=out, split=split, classes=meta.classes, result=result, images=len(samples))
+        title = f"{meta.name} / {split}: mIoU {result.metrics.miou:.3f}"
+        assert result.confusion is not None
+        evaluation.files["confusion matrix"] = plots.write_png(
+            out / CONFUSION_FILE, plots.confusion_matrix_image(result.confusion.numpy(), meta.classes, title)
+        )
+        if worst_images.ranked():
+            grid, evaluation.worst = _worst_grid(worst_images, loader, meta, split, trained.palette)
+            evaluation.files["worst predictions"] = plots.write_png(out / WORST_FILE, grid)
+        _write_evaluation_json(evaluation, trained, meta, base_size, batch)
+        return evaluation
 
 
 def _check_split(meta: DatasetMeta, split: str, trained: TrainedModel, size: int | None) -> None:

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from sideformer.atomic import atomic_path
+from sideformer.output_lock import output_lock
 from sideformer.data.synth import draw_scene
 from sideformer.errors import UserError
 from sideformer.model import normalize
@@ -85,6 +86,11 @@ def export_onnx(
 ) -> ExportResult:
     """Export `model` (a run or model folder) to `onnx_path`, check it with onnxruntime, then move it
     into place. Raises UserError when onnx/onnxruntime are missing or the check fails."""
+    onnx_path = Path(onnx_path)
+    if onnx_path.is_dir():
+        raise UserError(
+            f"--onnx {onnx_path} is a folder; give the file to write, e.g. --onnx {onnx_path / 'model.onnx'}"
+        )
     _require_onnx(exporter)
     import onnx
 
@@ -99,14 +105,13 @@ def export_onnx(
     if base < 32:
         raise UserError(f"--size {base}: must be >= 32 pixels.")
     opset = opset or (18 if exporter == "dynamo" else DEFAULT_OPSET)
-    onnx_path = Path(onnx_path)
     inputs = [
         _scene_batch(batch, height, width, seed)
         for seed, (batch, height, width) in enumerate(check_sizes(base))
     ]
 
     started = time.perf_counter()
-    with atomic_path(onnx_path) as tmp:
+    with output_lock(onnx_path, flag="--onnx"), atomic_path(onnx_path) as tmp:
         _run_exporter(wrapped, inputs[-1], tmp, exporter, opset)
         graph = onnx.load(str(tmp))
         onnx.checker.check_model(graph)

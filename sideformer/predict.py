@@ -16,6 +16,7 @@ Outputs under OUT, mirroring the input's folder structure:
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -30,11 +31,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from sideformer.atomic import atomic_write_bytes
+from sideformer.atomic import DiskFull, atomic_write_bytes, nearly_full
 from sideformer.data.dataset import worker_init
 from sideformer.data.transforms import resize_image, short_side_size
 from sideformer.errors import UserError
 from sideformer.model import normalize, upsample_logits
+from sideformer.output_lock import output_lock
 from sideformer.plots import overlay
 from sideformer.trained_model import TrainedModel
 
@@ -124,11 +126,35 @@ def find_inputs(path: str | Path) -> tuple[Path, list[Path], list[Path]]:
     if not path.is_dir():
         raise UserError(f"--input {path}: no such file or folder.")
     files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+    masks = _dataset_masks(path)
+    if masks:
+        files = [p for p in files if p.resolve() not in masks]
     images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
     videos = [p for p in files if p.suffix.lower() in VIDEO_SUFFIXES]
     if not images and not videos:
         raise UserError(f"--input {path}: the folder holds no images or videos.")
     return path, images, videos
+
+
+def _dataset_masks(folder: Path) -> set[Path]:
+    """The mask files listed by the metadata.json of the dataset `folder` is in (or is), so that
+    `--input DATASET/valid` segments the photos only. Empty when `folder` is not in a dataset."""
+    for root in (folder, *folder.resolve().parents[:2]):  # DATASET, DATASET/valid, DATASET/valid/images
+        meta_file = root / "metadata.json"
+        if not meta_file.is_file():
+            continue
+        try:
+            splits = json.loads(meta_file.read_text(encoding="utf-8")).get("splits", {})
+            entries = [e for samples in splits.values() for e in samples]
+            masks = {
+                (root / (e["mask"] if isinstance(e, dict) else e[1])).resolve() for e in entries
+            }
+        except (ValueError, AttributeError, TypeError, KeyError, IndexError):
+            log.warning("%s: unreadable; every image under --input is segmented", meta_file)
+            return set()
+        log.info("%s is in the dataset %s: its masks are left out", folder, root)
+        return masks
+    return set()
 
 
 class _ImageFiles(Dataset):
@@ -181,12 +207,13 @@ def predict(
     size = size or trained.base_size
     summary = PredictSummary(out=out)
     started = time.perf_counter()
-    if images:
-        _predict_images(
-            trained, names, images, out, size, batch_size, workers, masks, overlays, alpha, summary
-        )
-    for video in videos:
-        _predict_video(trained, root, video, out, size, batch_size, masks, overlays, alpha, summary)
+    with output_lock(out):
+        if images:
+            _predict_images(
+                trained, names, images, out, size, batch_size, workers, masks, overlays, alpha, summary
+            )
+        for video in videos:
+            _predict_video(trained, root, video, out, size, batch_size, masks, overlays, alpha, summary)
     if trained.device.type == "cuda":
         torch.cuda.synchronize()
     summary.seconds = time.perf_counter() - started
@@ -326,6 +353,9 @@ def _predict_video(
         capture.release()
         if writer is not None:
             writer.release()
+            if complete and nearly_full(partial):  # VideoWriter drops frames on a full disk, silently
+                partial.unlink(missing_ok=True)
+                raise DiskFull(target)
             if complete:
                 os.replace(partial, target)
                 summary.outputs.append(target)

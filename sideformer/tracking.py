@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from sideformer.atomic import atomic_write_text
+from sideformer.atomic import append_line, atomic_write_text
 from sideformer.config import WandbConfig
 from sideformer.errors import first_line
 
@@ -30,9 +30,7 @@ class JsonLinesLog:
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in records))
 
     def append(self, record: dict[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        append_line(self.path, json.dumps(record))
 
 
 class WandbRun:

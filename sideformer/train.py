@@ -23,7 +23,7 @@ import shutil
 import time
 import warnings
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -33,7 +33,6 @@ import torch
 import yaml
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 from transformers import get_polynomial_decay_schedule_with_warmup
 
 from sideformer import distributed
@@ -45,6 +44,8 @@ from sideformer.distributed import DistEnv
 from sideformer.errors import Stopped, UserError
 from sideformer.model import autocast_dtype as model_autocast_dtype
 from sideformer.model import build_model, training_loss
+from sideformer.output_lock import output_lock
+from sideformer.progress import progress as show_progress
 from sideformer.rundir import RunDir
 from sideformer.step_checkpoints import StepCheckpoints
 from sideformer.tracking import JsonLinesLog, WandbRun
@@ -93,8 +94,15 @@ def train(
     config: Config, on_epoch: EpochCallback | None = None, resume: bool = False, env: DistEnv | None = None
 ) -> TrainResult:
     """Train, validate every epoch, keep the best weights. `env` comes from the caller's
-    `distributed.process_group()`; without one, this process trains alone."""
+    `distributed.process_group()`; without one, this process trains alone. Rank 0 holds the output
+    folder's lock (`output_lock`) throughout: a second run into the same folder refuses to start."""
     env = env or distributed.single_process(config.train.device)
+    with ExitStack() as held:
+        distributed.on_main(env, lambda: held.enter_context(output_lock(config.output)) and None)
+        return _train(config, on_epoch, resume, env)
+
+
+def _train(config: Config, on_epoch: EpochCallback | None, resume: bool, env: DistEnv) -> TrainResult:
     run = RunDir(config.output)
     seed_everything(config.train.seed)
     meta = distributed.on_main(env, lambda: load_checked_dataset(config))
@@ -348,47 +356,53 @@ def _train_steps(
     carried_loss, images_seen = progress.rank_totals(env.rank, env.world_size)
     loss_sum = torch.tensor(float(carried_loss), device=env.device)
     first, last_step = progress.batches, progress.batches + len(loaders.train) - 1
-    batches = tqdm(
-        loaders.train,
+    sampler = loaders.train.sampler
+    # Counted in images of all ranks (this rank's times world_size): images/s and ETA as users think of them.
+    bar = show_progress(
+        total=len(sampler) + sampler.skip,  # type: ignore[arg-type,attr-defined]
+        initial=sampler.skip,  # type: ignore[attr-defined]
         desc=f"epoch {progress.epoch + 1}/{config.train.epochs}",
-        initial=first,
-        total=last_step + 1,
-        disable=not env.is_main or None,  # None: only on a terminal
-        leave=False,
-        dynamic_ncols=True,
+        unit="img",
+        unit_scale=env.world_size if env.world_size > 1 else False,
+        enabled=env.is_main,
+        seconds=config.train.progress_seconds,
     )
     cuda_graphs = config.train.compile and config.train.compile_mode == "reduce-overhead"
-    for step, (images, masks) in enumerate(batches, start=first):
-        if cuda_graphs:
-            torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are consumed
-        images = images.to(env.device, non_blocking=True)
-        masks = masks.to(env.device, non_blocking=True).long()
-        is_update_step = (step + 1) % config.train.grad_accum == 0 or step == last_step
-        # Gradients are all-reduced only on the micro-batch that updates the weights.
-        sync = nullcontext() if is_update_step or not env.is_distributed else parts.ddp_model.no_sync()
-        with sync:
-            loss, _ = training_loss(
-                parts.forward,
-                images,
-                masks,
-                loaders.meta.ignore_index,
-                parts.autocast_dtype,
-                config.model.channels_last,
-            )
-            (loss / config.train.grad_accum).backward()
-        loss_sum += loss.detach()
-        images_seen += images.shape[0]
-        if is_update_step:
-            if config.optim.grad_clip:
-                torch.nn.utils.clip_grad_norm_(parts.model.parameters(), config.optim.grad_clip)
-            parts.optimizer.step()
-            parts.scheduler.step()
-            parts.optimizer.zero_grad(set_to_none=True)
-            progress.batches, progress.optimizer_steps = step + 1, progress.optimizer_steps + 1
-            if step < last_step:  # the epoch's end saves a checkpoint of its own
-                save_step(loss_sum, images_seen)
-        if env.is_main and (step + 1) % config.train.log_every == 0:
-            batches.set_postfix(loss=f"{loss.item():.4f}", lr=f"{parts.scheduler.get_last_lr()[0]:.2e}")
+    with bar:
+        for step, (images, masks) in enumerate(loaders.train, start=first):
+            if cuda_graphs:
+                torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are consumed
+            images = images.to(env.device, non_blocking=True)
+            masks = masks.to(env.device, non_blocking=True).long()
+            is_update_step = (step + 1) % config.train.grad_accum == 0 or step == last_step
+            # Gradients are all-reduced only on the micro-batch that updates the weights.
+            sync = nullcontext() if is_update_step or not env.is_distributed else parts.ddp_model.no_sync()
+            with sync:
+                loss, _ = training_loss(
+                    parts.forward,
+                    images,
+                    masks,
+                    loaders.meta.ignore_index,
+                    parts.autocast_dtype,
+                    config.model.channels_last,
+                )
+                (loss / config.train.grad_accum).backward()
+            loss_sum += loss.detach()
+            images_seen += images.shape[0]
+            bar.update(images.shape[0])
+            if is_update_step:
+                if config.optim.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(parts.model.parameters(), config.optim.grad_clip)
+                parts.optimizer.step()
+                parts.scheduler.step()
+                parts.optimizer.zero_grad(set_to_none=True)
+                progress.batches, progress.optimizer_steps = step + 1, progress.optimizer_steps + 1
+                if step < last_step:  # the epoch's end saves a checkpoint of its own
+                    save_step(loss_sum, images_seen)
+            if env.is_main and (step + 1) % config.train.log_every == 0:
+                bar.set_postfix(
+                    loss=f"{loss.item():.4f}", lr=f"{parts.scheduler.get_last_lr()[0]:.2e}", refresh=False
+                )
     return loss_sum, images_seen
 
 

@@ -27,6 +27,7 @@ from safetensors import SafetensorError
 from transformers import SegformerForSemanticSegmentation
 from transformers.utils import logging as hf_logging
 
+from sideformer.atomic import DiskFull, is_disk_full, nearly_full
 from sideformer.data.classes import CLASS_NAMES, PALETTE
 from sideformer.data.metadata import DatasetMeta
 from sideformer.errors import UserError, first_line
@@ -63,9 +64,16 @@ def save_trained_model(
     hf_logging.disable_progress_bar()  # a shard progress bar per save is noise in logs
     staging = target.with_name(f".{target.name}.tmp")
     shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging)  # type: ignore[operator]
-    extra = {"classes": meta.classes, "palette": meta.palette, "ignore_index": meta.ignore_index}
-    (staging / EXTRA_FILE).write_text(json.dumps(extra | (inference or {}), indent=2))
+    try:
+        model.save_pretrained(staging)  # type: ignore[operator]
+        extra = {"classes": meta.classes, "palette": meta.palette, "ignore_index": meta.ignore_index}
+        (staging / EXTRA_FILE).write_text(json.dumps(extra | (inference or {}), indent=2))
+    except Exception as exc:
+        full = is_disk_full(exc) or nearly_full(staging)  # safetensors' writer hides the errno
+        shutil.rmtree(staging, ignore_errors=True)
+        if full:
+            raise DiskFull(target) from None
+        raise
     if target.exists():
         old = target.with_name(f".{target.name}.old")
         shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,123 @@
+"""One process writes an output folder at a time.
+
+`output_lock(folder)` holds an exclusive `fcntl.flock` on FOLDER/.sideformer.lock for as long as the
+block runs, and writes its holder (pid, host, command, start time) into the file. A second process
+refuses at once with one line naming that holder. The kernel drops the lock when its process ends, however
+it ends (SIGKILL, OOM, a node's reboot), so a lock left behind never blocks the next run; the file
+itself stays and is simply locked again.
+
+Re-entrant within a process: `tune` trains its final model into a folder it already holds. Search
+workers do not lock the study's top-level folder (several share it); each trial's `train` locks its own
+trial folder, so a retried trial waits for nothing once the dead worker that held it is gone.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import logging
+import os
+import re
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sideformer.atomic import disk_full_as_error
+from sideformer.errors import UserError
+
+log = logging.getLogger(__name__)
+
+LOCK_FILE = ".sideformer.lock"
+
+_held: dict[Path, tuple[int, int]] = {}
+"""Locks this process holds: resolved lock file -> (descriptor, depth)."""
+
+
+def lock_file_for(output: str | os.PathLike[str]) -> Path:
+    """The lock of an output folder, or of a single output file (`export --onnx FILE`): beside it."""
+    output = Path(output)
+    if output.suffix and not output.is_dir():
+        return output.with_name(f".{output.name}.lock")
+    return output / LOCK_FILE
+
+
+@contextmanager
+def output_lock(output: str | os.PathLike[str], flag: str = "--output") -> Iterator[None]:
+    """Hold `output` (a folder, created if missing, or a file's place) for the duration of the block;
+    `UserError` naming the holder when another live process has it."""
+    path = lock_file_for(output)
+    key = path.resolve() if path.parent.exists() else path.absolute()
+    if key in _held:
+        fd, depth = _held[key]
+        _held[key] = (fd, depth + 1)
+        try:
+            yield
+        finally:
+            _release(key)
+        return
+    with disk_full_as_error(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    key = path.resolve()
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        holder = _read_holder(fd)
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise UserError(
+                f"{flag} {output} is in use by {holder}; wait for that run to end (or stop it), "
+                f"or choose another {flag}."
+            ) from None
+        # A filesystem without locks (ENOLCK, EOPNOTSUPP): run unguarded rather than not at all.
+        log.warning("%s: cannot lock this folder (%s); make sure no other run writes here", output, exc)
+        fd = -1
+    if fd < 0:
+        yield
+        return
+    try:
+        _write_holder(fd)
+    except OSError:
+        pass  # a full disk still lets us hold the lock; the holder's description is only a courtesy
+    _held[key] = (fd, 1)
+    try:
+        yield
+    finally:
+        _release(key)
+
+
+def _release(key: Path) -> None:
+    fd, depth = _held[key]
+    if depth > 1:
+        _held[key] = (fd, depth - 1)
+        return
+    del _held[key]
+    os.close(fd)  # closing the descriptor releases the flock
+
+
+def _write_holder(fd: int) -> None:
+    holder = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "command": _redact(" ".join(["sideformer", *sys.argv[1:]])),
+        "since": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+    }
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+
+
+def _read_holder(fd: int) -> str:
+    try:
+        holder = json.loads(os.pread(fd, 4096, 0).decode())
+        return f"pid {holder['pid']} on {holder['host']} (`{holder['command']}`, since {holder['since']})"
+    except (OSError, ValueError, KeyError, TypeError):  # the holder has not written itself yet
+        return "another sideformer process"
+
+
+def _redact(command: str) -> str:
+    """Database URLs on a command line may carry a password: never copy it into a file."""
+    return re.sub(r"(://[^:/@\s]*):[^@\s]*@", r"\1:***@", command)
