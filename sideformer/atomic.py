@@ -70,6 +70,7 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     os.fchmod(fd, 0o666 & ~_umask())
     os.close(fd)
     tmp_path = Path(tmp)
+    full = False
     try:
         yield tmp_path
         with open(tmp_path, "rb") as f:
@@ -78,11 +79,13 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     except UserError:
         raise
     except Exception as exc:
-        if is_disk_full(exc) or nearly_full(target.parent):
-            raise DiskFull(target) from None
-        raise
+        full = is_disk_full(exc) or nearly_full(target.parent)  # before the temp file frees its space
+        if not full:
+            raise
     finally:
         tmp_path.unlink(missing_ok=True)
+    if full:
+        raise DiskFull(target)  # after the cleanup, so that its message says what is really free
 
 
 def _umask() -> int:

@@ -13,6 +13,7 @@ when an Optuna upgrade changes it (or the private names below), that test says s
 from __future__ import annotations
 
 import datetime
+import logging
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,6 +22,8 @@ from typing import Any
 import optuna
 from optuna.storages._rdb import models  # private: the heartbeat table
 from optuna.trial import FrozenTrial, TrialState
+
+from sideformer.errors import UserError
 
 
 @contextmanager
@@ -121,3 +124,23 @@ def _stale_trial_callback(study: optuna.Study) -> Any:
     """The storage's heartbeat stale-trial callback (the retry), or None without heartbeats."""
     rdb = getattr(study._storage, "_backend", study._storage)  # a Study wraps its RDBStorage in a cache
     return rdb.get_heartbeat_stale_trial_callback() if isinstance(rdb, optuna.storages.RDBStorage) else None
+
+
+class _NoTraceForUserErrors(logging.Filter):
+    """Optuna logs a failed trial's exception with its traceback. A UserError (a full disk, a folder in
+    use) ends the command in one line of its own: keep Optuna's warning, drop the trace."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], UserError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def quiet_user_error_traces() -> None:
+    optuna.logging.get_logger("optuna")  # makes sure Optuna's handler exists
+    for handler in logging.getLogger("optuna").handlers:
+        if not any(isinstance(f, _NoTraceForUserErrors) for f in handler.filters):
+            handler.addFilter(_NoTraceForUserErrors())
+
+
+quiet_user_error_traces()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -49,3 +50,8 @@ def wait_until(
             detail = message() if callable(message) else message
             raise AssertionError(f"timed out after {timeout:.0f} s: {detail}")
         time.sleep(interval)
+
+
+def resize(folder: Path, size: str) -> None:
+    """Grow (or shrink) a `small_disk` (tests/conftest.py) in place: the files on it stay."""
+    subprocess.run(["mount", "-o", f"remount,size={size}", str(folder)], check=True)

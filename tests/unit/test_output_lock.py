@@ -1,0 +1,89 @@
+"""output_lock: exclusive between processes, re-entrant within one, released when its holder ends."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sideformer.errors import UserError
+from sideformer.output_lock import LOCK_FILE, lock_file_for, output_lock
+
+REPO = Path(__file__).resolve().parents[2]
+
+TRY_LOCK = """
+import sys
+from sideformer.errors import UserError
+from sideformer.output_lock import output_lock
+try:
+    with output_lock(sys.argv[1]):
+        print("locked")
+except UserError as exc:
+    print(exc)
+"""
+
+
+def try_in_another_process(folder: Path) -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", TRY_LOCK, str(folder)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+    )
+    return done.stdout.strip()
+
+
+def test_another_process_is_refused_while_held_and_not_after(tmp_path: Path) -> None:
+    folder = tmp_path / "out"
+    with output_lock(folder):
+        answer = try_in_another_process(folder)
+        assert answer.startswith(f"--output {folder} is in use by pid "), answer
+        holder = json.loads((folder / LOCK_FILE).read_text())
+        assert {"pid", "host", "command", "since"} <= holder.keys()
+    assert try_in_another_process(folder) == "locked"
+
+
+def test_reentrant_within_a_process(tmp_path: Path) -> None:
+    with output_lock(tmp_path), output_lock(tmp_path):  # tune holds the folder its final run trains into
+        pass
+    with output_lock(tmp_path):
+        assert try_in_another_process(tmp_path).startswith("--output")
+    assert try_in_another_process(tmp_path) == "locked"
+
+
+def test_a_file_output_is_locked_beside_it(tmp_path: Path) -> None:
+    assert lock_file_for(tmp_path / "model.onnx") == tmp_path / ".model.onnx.lock"
+    assert lock_file_for(tmp_path / "run") == tmp_path / "run" / LOCK_FILE
+
+
+def test_the_holder_s_database_password_is_not_written(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(sys, "argv", ["sideformer", "search", "--storage", "postgresql://u:s3cret@db/x"])
+    with output_lock(tmp_path):
+        text = (tmp_path / LOCK_FILE).read_text()
+    assert "s3cret" not in text and "postgresql://u:***@db/x" in text
+
+
+def test_refusal_is_a_user_error(tmp_path: Path) -> None:
+    done = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom sideformer.output_lock import output_lock\n"
+         "with output_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+    )
+    try:
+        assert done.stdout is not None and done.stdout.readline().strip() == "held"
+        with pytest.raises(UserError, match=f"pid {done.pid} on "):
+            with output_lock(tmp_path):
+                pass
+    finally:
+        done.kill()
+        done.wait()
+    with output_lock(tmp_path):  # the killed holder's lock went with it
+        pass
