@@ -108,6 +108,7 @@ def _train(config: Config, on_epoch: EpochCallback | None, resume: bool, env: Di
     meta = distributed.on_main(env, lambda: load_checked_dataset(config))
     start = distributed.on_main(env, lambda: choose_start(run, resume))
     if start is Start.FINISHED:
+        distributed.on_main(env, lambda: _check_epochs_of_finished_run(run, config))
         return _finished_result(run)
     loaders = build_loaders(config, meta, env)
     parts = build_model_and_optimizer(config, meta, loaders.train, env)
@@ -119,6 +120,7 @@ def _train(config: Config, on_epoch: EpochCallback | None, resume: bool, env: Di
     )
     if start is Start.RESUME:
         _resume(state, run, distributed.on_main(env, lambda: load_checkpoint(run.last)))
+        distributed.on_main(env, lambda: _check_epochs_on_resume(run, config, state.epochs_done))
 
     jsonl = JsonLinesLog(run.train_log)
     wandb_run = WandbRun(config.wandb, config.to_dict(), run.root) if env.is_main else None
@@ -268,6 +270,49 @@ def _resume(state: TrainState, run: RunDir, checkpoint: dict[str, Any]) -> None:
             f"changed?); resume with the run's own config.yaml, or choose another --output."
         ) from None
     log.info("resuming from %s after epoch %d", run.last, state.epochs_done)
+
+
+def _planned_epochs(run: RunDir) -> int | None:
+    """train.epochs of the run as it was started (its config.yaml), or None if unknown."""
+    try:
+        return int(yaml.safe_load(run.config.read_text())["train"]["epochs"])
+    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError):
+        return None
+
+
+def _check_epochs_on_resume(run: RunDir, config: Config, done: int) -> None:
+    """A changed train.epochs on --resume: train on to the new count, or refuse when it is already past."""
+    planned, epochs = _planned_epochs(run), config.train.epochs
+    if epochs < done:
+        raise UserError(
+            f"--resume: {run.last} already holds {done} epoch(s), more than train.epochs={epochs}; "
+            f"resume with --set train.epochs={planned or done} (or more)."
+        )
+    if planned is not None and planned != epochs:
+        log.info(
+            "--resume: train.epochs changed from %d to %d: training on to epoch %d, with the warmup and "
+            "poly decay rebuilt over %d epochs (the learning rate from epoch %d on follows that schedule)",
+            planned,
+            epochs,
+            epochs,
+            epochs,
+            done + 1,
+        )
+
+
+def _check_epochs_of_finished_run(run: RunDir, config: Config) -> None:
+    """A finished run keeps no resume checkpoint: more epochs than it was started with cannot be added."""
+    planned, epochs = _planned_epochs(run), config.train.epochs
+    if planned is None or planned == epochs:
+        return
+    if epochs > planned:
+        raise UserError(
+            f"--resume: {run.root} already finished (train.epochs={planned}) and its resume checkpoint was "
+            f"removed, so it cannot train on to train.epochs={epochs}. Start a new run instead: sideformer "
+            f"train --data {config.data.path} --output NEW_FOLDER --set train.epochs={epochs} (with "
+            "--set checkpoint.keep_temp=true a finished run keeps what it needs to be extended later)."
+        )
+    log.info("--resume: %s already finished (train.epochs=%d); train.epochs=%d is not applied", run.root, planned, epochs)
 
 
 def _finished_result(run: RunDir) -> TrainResult:

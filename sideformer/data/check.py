@@ -107,14 +107,7 @@ def _check_sample(sample: Sample, meta: DatasetMeta) -> tuple[list[Problem], Cou
         )
         return problems, Counter()
     if image is not None and image.shape[:2] != mask.shape:
-        problems.append(
-            Problem(
-                sample.mask,
-                f"mask is {mask.shape[1]}x{mask.shape[0]} but its image {sample.image.name} is "
-                f"{image.shape[1]}x{image.shape[0]}",
-                "masks must have their image's size; re-export the mask",
-            )
-        )
+        problems.append(_size_mismatch(sample, image.shape[:2], mask.shape))
     ids, counts = np.unique(mask, return_counts=True)
     bad = [int(i) for i in ids if i >= meta.num_classes and i != meta.ignore_index]
     if bad:
@@ -129,6 +122,21 @@ def _check_sample(sample: Sample, meta: DatasetMeta) -> tuple[list[Problem], Cou
     return problems, Counter(
         {int(i): int(c) for i, c in zip(ids, counts, strict=True) if i < meta.num_classes}
     )
+
+
+def _size_mismatch(sample: Sample, image_hw: tuple[int, ...], mask_hw: tuple[int, ...]) -> Problem:
+    """A mask of another size than its image; says so when the image's EXIF orientation is the cause
+    (images are decoded upright, as a photo viewer shows them; a mask drawn on the stored pixels is not)."""
+    sizes = f"mask is {mask_hw[1]}x{mask_hw[0]} but its image {sample.image.name} is {image_hw[1]}x{image_hw[0]}"
+    stored = cv2.imread(str(sample.image), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    if stored is not None and stored.shape[:2] == mask_hw:
+        return Problem(
+            sample.mask,
+            f"{sizes} after its EXIF orientation is applied (stored as {stored.shape[1]}x{stored.shape[0]}, "
+            "which the mask matches)",
+            "rotate the mask the same way, or save the image upright without the EXIF orientation tag",
+        )
+    return Problem(sample.mask, sizes, "masks must have their image's size; re-export the mask")
 
 
 def _truncated_jpeg(path: Path) -> bool:

@@ -118,3 +118,20 @@ def test_cli_reports_every_problem_and_fails(tmp_path: Path, capsys) -> None:
     out = capsys.readouterr().out
     assert "2 problem(s)" in out
     assert "image file is missing" in out and "class id(s) [9]" in out
+
+
+def test_size_mismatch_from_exif_orientation_says_so(tmp_path: Path) -> None:
+    from PIL import Image
+
+    doc = make_dataset(tmp_path)
+    mask = np.zeros((6, 8), np.uint8)  # the stored pixels: 8 wide, 6 high
+    entry = write_pair(tmp_path, "rotated", mask)
+    image = tmp_path / "train" / "images" / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to show it upright (6 wide, 8 high)
+    Image.new("RGB", (8, 6), (127, 127, 127)).save(image, exif=exif)
+    doc["splits"]["train"].append({"image": "train/images/rotated.jpg", "mask": entry["mask"]})
+    found = problems(tmp_path, doc)
+    assert len(found) == 1
+    assert "mask is 8x6 but its image rotated.jpg is 6x8 after its EXIF orientation is applied" in found[0]
+    assert "stored as 8x6" in found[0] and "rotate the mask" in found[0]
