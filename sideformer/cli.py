@@ -64,8 +64,11 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     except OSError as exc:
         if is_disk_full(exc):  # a write outside `atomic` (a library's own file): still one line
             where = f"{exc.filename}: " if exc.filename else ""
-            print(f"sideformer: error: {where}the disk is full ({exc.strerror}); free some space and "
-                  "run the same command again.", file=sys.stderr)
+            print(
+                f"sideformer: error: {where}the disk is full ({exc.strerror}); free some space and "
+                "run the same command again.",
+                file=sys.stderr,
+            )
             return 2
         if exc.filename is None:  # not about a file we were given: a bug to report, with its trace
             raise

@@ -75,7 +75,9 @@ def evaluate_model(
         result = _validate(trained, meta, loader, split, env, worst_images)
 
         samples = meta.split(split)
-        evaluation = Evaluation(out=out, split=split, classes=meta.classes, result=result, images=len(samples))
+        evaluation = Evaluation(
+            out=out, split=split, classes=meta.classes, result=result, images=len(samples)
+        )
         title = f"{meta.name} / {split}: mIoU {result.metrics.miou:.3f}"
         assert result.confusion is not None
         evaluation.files["confusion matrix"] = plots.write_png(

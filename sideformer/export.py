@@ -26,10 +26,10 @@ import numpy as np
 import torch
 
 from sideformer.atomic import atomic_path
-from sideformer.output_lock import output_lock
 from sideformer.data.synth import draw_scene
 from sideformer.errors import UserError
 from sideformer.model import normalize
+from sideformer.output_lock import output_lock
 from sideformer.trained_model import TrainedModel, load_trained_model
 
 Exporter = Literal["torchscript", "dynamo"]

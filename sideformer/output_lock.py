@@ -23,7 +23,7 @@ import socket
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from sideformer.atomic import disk_full_as_error
@@ -79,10 +79,8 @@ def output_lock(output: str | os.PathLike[str], flag: str = "--output") -> Itera
     if fd < 0:
         yield
         return
-    try:
+    with suppress(OSError):  # a full disk still lets us hold the lock; naming the holder is a courtesy
         _write_holder(fd)
-    except OSError:
-        pass  # a full disk still lets us hold the lock; the holder's description is only a courtesy
     _held[key] = (fd, 1)
     try:
         yield

@@ -146,9 +146,7 @@ def _dataset_masks(folder: Path) -> set[Path]:
         try:
             splits = json.loads(meta_file.read_text(encoding="utf-8")).get("splits", {})
             entries = [e for samples in splits.values() for e in samples]
-            masks = {
-                (root / (e["mask"] if isinstance(e, dict) else e[1])).resolve() for e in entries
-            }
+            masks = {(root / (e["mask"] if isinstance(e, dict) else e[1])).resolve() for e in entries}
         except (ValueError, AttributeError, TypeError, KeyError, IndexError):
             log.warning("%s: unreadable; every image under --input is segmented", meta_file)
             return set()

@@ -18,7 +18,9 @@ from tqdm.auto import tqdm
 
 log = logging.getLogger("sideformer.progress")
 
-LINE_FORMAT = "{desc}: {percentage:3.0f}% {n_fmt}/{total_fmt} {unit} [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
+LINE_FORMAT = (
+    "{desc}: {percentage:3.0f}% {n_fmt}/{total_fmt} {unit} [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
+)
 
 
 class _LogLines(tqdm):  # type: ignore[misc]

@@ -312,7 +312,12 @@ def _check_epochs_of_finished_run(run: RunDir, config: Config) -> None:
             f"train --data {config.data.path} --output NEW_FOLDER --set train.epochs={epochs} (with "
             "--set checkpoint.keep_temp=true a finished run keeps what it needs to be extended later)."
         )
-    log.info("--resume: %s already finished (train.epochs=%d); train.epochs=%d is not applied", run.root, planned, epochs)
+    log.info(
+        "--resume: %s already finished (train.epochs=%d); train.epochs=%d is not applied",
+        run.root,
+        planned,
+        epochs,
+    )
 
 
 def _finished_result(run: RunDir) -> TrainResult:

@@ -49,4 +49,3 @@ def small_disk(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
     yield mount
     for folder in reversed(mounted):
         subprocess.run(["umount", "--lazy", str(folder)], check=False)
-

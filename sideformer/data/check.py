@@ -127,7 +127,9 @@ def _check_sample(sample: Sample, meta: DatasetMeta) -> tuple[list[Problem], Cou
 def _size_mismatch(sample: Sample, image_hw: tuple[int, ...], mask_hw: tuple[int, ...]) -> Problem:
     """A mask of another size than its image; says so when the image's EXIF orientation is the cause
     (images are decoded upright, as a photo viewer shows them; a mask drawn on the stored pixels is not)."""
-    sizes = f"mask is {mask_hw[1]}x{mask_hw[0]} but its image {sample.image.name} is {image_hw[1]}x{image_hw[0]}"
+    sizes = (
+        f"mask is {mask_hw[1]}x{mask_hw[0]} but its image {sample.image.name} is {image_hw[1]}x{image_hw[0]}"
+    )
     stored = cv2.imread(str(sample.image), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if stored is not None and stored.shape[:2] == mask_hw:
         return Problem(

@@ -53,7 +53,9 @@ def leftovers(folder: Path) -> list[Path]:
 @pytest.fixture(scope="module")
 def trained(synth_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.mktemp("trained") / "run"
-    assert main(["train", "--data", str(synth_dataset), "--output", str(run), *settings("train.epochs=1")]) == 0
+    assert (
+        main(["train", "--data", str(synth_dataset), "--output", str(run), *settings("train.epochs=1")]) == 0
+    )
     return run
 
 
@@ -156,6 +158,6 @@ def test_an_appended_log_line_is_all_or_nothing(small_disk: Disk) -> None:
     append_line(log, "{}")
     (disk / "filler").write_bytes(b"x" * (4096 - 100))  # the second page, nearly
     before = log.read_bytes()
-    with pytest.raises(DiskFull, match="train_log.jsonl: the disk is full"):
+    with pytest.raises(DiskFull, match=r"train_log\.jsonl: the disk is full"):
         append_line(log, "y" * 8192)
     assert log.read_bytes() == before

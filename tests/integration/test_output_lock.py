@@ -34,12 +34,16 @@ def test_a_second_run_refuses_and_a_killed_holder_blocks_nothing(
 ) -> None:
     out = tmp_path / "run"
     model = tmp_path / "model"
-    done = run(sideformer("train", "--data", str(synth_dataset), "--output", str(model), *settings("train.epochs=1")))
+    done = run(
+        sideformer("train", "--data", str(synth_dataset), "--output", str(model), *settings("train.epochs=1"))
+    )
     assert done.returncode == 0, done.stderr
     log = tmp_path / "first.log"
     with log.open("w") as sink:
         first = subprocess.Popen(  # long enough to be running for the whole test; killed below
-            sideformer("train", "--data", str(synth_dataset), "--output", str(out), *settings("train.epochs=500")),
+            sideformer(
+                "train", "--data", str(synth_dataset), "--output", str(out), *settings("train.epochs=500")
+            ),
             env=env_for(),
             cwd=REPO,
             stdout=sink,

@@ -142,6 +142,18 @@ def test_predict_never_reads_its_own_outputs(trained: Path, tmp_path: Path, caps
     assert sorted(p.name for p in (folder / "preds/masks").iterdir()) == ["a.jpg.png", "a.png.png"]
 
 
+def test_predict_on_a_dataset_folder_reads_only_its_images(
+    trained: Path, synth_dataset: Path, tmp_path: Path, capsys
+) -> None:
+    meta = load_metadata(synth_dataset)
+    for folder, split_names in ((synth_dataset / "valid", ["valid"]), (synth_dataset, list(meta.splits))):
+        out = tmp_path / folder.name
+        assert main(["predict", "--model", str(trained), "--input", str(folder), "--output", str(out)]) == 0
+        images = sum(len(meta.split(name)) for name in split_names)
+        assert f"segmented {images} image(s)" in capsys.readouterr().out
+        assert not any("masks" in p.relative_to(out / "masks").parts for p in (out / "masks").rglob("*.png"))
+
+
 def test_evaluate_reproduces_the_trainers_validation(trained: Path, synth_dataset: Path) -> None:
     summary = json.loads((trained / "metrics.json").read_text())
     stdout = ok("evaluate", "--model", str(trained), "--data", str(synth_dataset), "--split", "valid")
@@ -227,6 +239,10 @@ def test_export_onnx_matches_pytorch(trained: Path, tmp_path: Path) -> None:
         ),
         ("evaluate --model RUN --data DATA --split nope", "split 'nope' is empty"),
         ("export --model DATA --onnx TMP/m.onnx", "--model DATA: not a trained model"),
+        (
+            "export --model RUN --onnx TMP",
+            "--onnx TMP is a folder; give the file to write, e.g. --onnx TMP/model.onnx",
+        ),
     ],
 )
 def test_bad_input_is_a_one_line_error(

@@ -51,7 +51,9 @@ def test_a_kept_checkpoint_trains_on_to_the_new_count_and_says_so(
     assert "already holds 2 epoch(s), more than train.epochs=1" in line and "--set train.epochs=2" in line
 
     with caplog.at_level(logging.INFO, logger="sideformer.train"):
-        assert main([*train(synth_dataset, out, "train.epochs=3", "checkpoint.keep_temp=true"), "--resume"]) == 0
+        assert (
+            main([*train(synth_dataset, out, "train.epochs=3", "checkpoint.keep_temp=true"), "--resume"]) == 0
+        )
     said = [r.getMessage() for r in caplog.records if "train.epochs changed" in r.getMessage()]
     assert said == [
         "--resume: train.epochs changed from 2 to 3: training on to epoch 3, with the warmup and poly decay "

@@ -70,8 +70,13 @@ def test_the_holder_s_database_password_is_not_written(tmp_path: Path, monkeypat
 
 def test_refusal_is_a_user_error(tmp_path: Path) -> None:
     done = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom sideformer.output_lock import output_lock\n"
-         "with output_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)", str(tmp_path)],
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom sideformer.output_lock import output_lock\n"
+            "with output_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)",
+            str(tmp_path),
+        ],
         stdout=subprocess.PIPE,
         text=True,
         cwd=REPO,
@@ -79,9 +84,8 @@ def test_refusal_is_a_user_error(tmp_path: Path) -> None:
     )
     try:
         assert done.stdout is not None and done.stdout.readline().strip() == "held"
-        with pytest.raises(UserError, match=f"pid {done.pid} on "):
-            with output_lock(tmp_path):
-                pass
+        with pytest.raises(UserError, match=f"pid {done.pid} on "), output_lock(tmp_path):
+            pass
     finally:
         done.kill()
         done.wait()
