@@ -4,6 +4,7 @@ folder) refuses with one line naming the holder; a holder killed with SIGKILL bl
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from sideformer.output_lock import LOCK_FILE
+from sideformer.output_lock import LOCK_FILE, output_lock
 from tests.helpers import wait_until
 from tests.integration.conftest import REPO, TINY, env_for, sideformer
 
@@ -64,6 +65,16 @@ def test_a_second_run_refuses_and_a_killed_holder_blocks_nothing(
         beside = run(predict)
         assert beside.returncode == 2 and f"pid {first.pid}" in beside.stderr, beside.stderr
         assert not (out / "masks").exists()
+
+        evaluate = ["evaluate", "--model", str(model), "--data", str(synth_dataset), "--split", "valid"]
+        beside = run(sideformer(*evaluate, "--output", str(out)))
+        assert beside.returncode == 2 and f"pid {first.pid}" in beside.stderr, beside.stderr
+
+        onnx = tmp_path / "model.onnx"  # a file output: its lock lies beside it
+        with output_lock(onnx):
+            export = run(sideformer("export", "--model", str(model), "--onnx", str(onnx)))
+        assert export.returncode == 2, export.stderr
+        assert f"--onnx {onnx} is in use by pid {os.getpid()}" in export.stderr and not onnx.exists()
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
