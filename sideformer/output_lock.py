@@ -4,7 +4,8 @@
 block runs, and writes its holder (pid, host, command, start time) into the file. A second process
 refuses at once with one line naming that holder. The kernel drops the lock when its process ends, however
 it ends (SIGKILL, OOM, a node's reboot), so a lock left behind never blocks the next run; the file
-itself stays and is simply locked again.
+itself stays and is simply locked again. A process that created the folder and wrote nothing into it (a
+run refused for bad input) removes the lock file and the folder again.
 
 Re-entrant within a process: `tune` trains its final model into a folder it already holds. Search
 workers do not lock the study's top-level folder (several share it); each trial's `train` locks its own
@@ -24,6 +25,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sideformer.atomic import disk_full_as_error
@@ -33,8 +35,20 @@ log = logging.getLogger(__name__)
 
 LOCK_FILE = ".sideformer.lock"
 
-_held: dict[Path, tuple[int, int]] = {}
-"""Locks this process holds: resolved lock file -> (descriptor, depth)."""
+
+@dataclass
+class _Held:
+    fd: int
+    depth: int = 1
+    created_file: bool = False
+    created_folders: list[Path] = field(default_factory=list)
+    """Folders made for the lock, deepest first: removed again at release when nothing but the lock
+    file was written into them."""
+    path: Path = field(default_factory=Path)
+
+
+_held: dict[Path, _Held] = {}
+"""Locks this process holds, by resolved lock file."""
 
 
 def lock_file_for(output: str | os.PathLike[str]) -> Path:
@@ -50,51 +64,75 @@ def output_lock(output: str | os.PathLike[str], flag: str = "--output") -> Itera
     """Hold `output` (a folder, created if missing, or a file's place) for the duration of the block;
     `UserError` naming the holder when another live process has it."""
     path = lock_file_for(output)
-    key = path.resolve() if path.parent.exists() else path.absolute()
-    if key in _held:
-        fd, depth = _held[key]
-        _held[key] = (fd, depth + 1)
-        try:
-            yield
-        finally:
-            _release(key)
-        return
-    with disk_full_as_error(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
     key = path.resolve()
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        holder = _read_holder(fd)
-        os.close(fd)
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            raise UserError(
-                f"{flag} {output} is in use by {holder}; wait for that run to end (or stop it), "
-                f"or choose another {flag}."
-            ) from None
-        # A filesystem without locks (ENOLCK, EOPNOTSUPP): run unguarded rather than not at all.
-        log.warning("%s: cannot lock this folder (%s); make sure no other run writes here", output, exc)
-        fd = -1
-    if fd < 0:
-        yield
-        return
-    with suppress(OSError):  # a full disk still lets us hold the lock; naming the holder is a courtesy
-        _write_holder(fd)
-    _held[key] = (fd, 1)
+    if key in _held:
+        _held[key].depth += 1
+    else:
+        held = _acquire(path, Path(output), flag)
+        if held is None:  # a filesystem without locks
+            yield
+            return
+        _held[key] = held
     try:
         yield
     finally:
         _release(key)
 
 
+def _acquire(path: Path, output: Path, flag: str) -> _Held | None:
+    created_folders = [folder for folder in path.parents if not folder.exists()]
+    created_file = not path.exists()
+    with disk_full_as_error(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = _read_holder(fd)
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise UserError(
+                    f"{flag} {output} is in use by {holder}; wait for that run to end (or stop it), "
+                    f"or choose another {flag}."
+                ) from None
+            # A filesystem without locks (ENOLCK, EOPNOTSUPP): run unguarded rather than not at all.
+            log.warning("%s: cannot lock it (%s); make sure no other run writes there", output, exc)
+            return None
+        # The previous holder may have removed the file (its cleanup) after we opened it: a lock on that
+        # file would guard nothing. Lock the file that is there now instead.
+        if _same_file(fd, path):
+            break
+        os.close(fd)
+    with suppress(OSError):  # a full disk still lets us hold the lock; naming the holder is a courtesy
+        _write_holder(fd)
+    return _Held(fd, created_file=created_file, created_folders=created_folders, path=path)
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False
+
+
 def _release(key: Path) -> None:
-    fd, depth = _held[key]
-    if depth > 1:
-        _held[key] = (fd, depth - 1)
+    held = _held[key]
+    held.depth -= 1
+    if held.depth > 0:
         return
     del _held[key]
-    os.close(fd)  # closing the descriptor releases the flock
+    # Removed while still locked: whoever opened the file meanwhile finds it gone and retries.
+    if held.created_folders and os.listdir(held.path.parent) == [held.path.name]:
+        held.path.unlink(missing_ok=True)
+        for folder in held.created_folders:
+            try:
+                folder.rmdir()
+            except OSError:  # something else was written there
+                break
+    elif held.created_file and held.path.name != LOCK_FILE:  # a file output's lock, beside the file
+        held.path.unlink(missing_ok=True)
+    os.close(held.fd)  # closing the descriptor releases the flock
 
 
 def _write_holder(fd: int) -> None:

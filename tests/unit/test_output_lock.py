@@ -91,3 +91,15 @@ def test_refusal_is_a_user_error(tmp_path: Path) -> None:
         done.wait()
     with output_lock(tmp_path):  # the killed holder's lock went with it
         pass
+
+
+def test_a_folder_made_for_the_lock_goes_again_when_nothing_was_written(tmp_path: Path) -> None:
+    with output_lock(tmp_path / "run" / "evaluation" / "test"):  # a refused run leaves no trace
+        pass
+    assert list(tmp_path.iterdir()) == []
+    with output_lock(tmp_path / "run"):
+        (tmp_path / "run" / "config.yaml").write_text("")
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [LOCK_FILE, "config.yaml"]
+    with output_lock(tmp_path / "model.onnx"):
+        assert (tmp_path / ".model.onnx.lock").exists()
+    assert not (tmp_path / ".model.onnx.lock").exists()
