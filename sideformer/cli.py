@@ -175,7 +175,8 @@ def _add_training_commands(commands: Commands) -> None:
     train.add_argument(
         "--resume",
         action="store_true",
-        help="continue from --output's last checkpoint if there is one (else start fresh)",
+        help="continue from --output's last checkpoint if there is one (else start fresh); with a larger "
+        "train.epochs, train on to it",
     )
     train.set_defaults(handler=_train)
 

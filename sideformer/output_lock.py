@@ -3,9 +3,9 @@
 `output_lock(folder)` holds an exclusive `fcntl.flock` on FOLDER/.sideformer.lock for as long as the
 block runs, and writes its holder (pid, host, command, start time) into the file. A second process
 refuses at once with one line naming that holder. The kernel drops the lock when its process ends, however
-it ends (SIGKILL, OOM, a node's reboot), so a lock left behind never blocks the next run; the file
-itself stays and is simply locked again. A process that created the folder and wrote nothing into it (a
-run refused for bad input) removes the lock file and the folder again.
+it ends (SIGKILL, OOM, a node's reboot), so a lock left behind never blocks the next run: its file is
+simply locked again. At the end the holder removes the lock file, and the folders it made for it if
+nothing else was written there (a run refused for bad input leaves no trace).
 
 Re-entrant within a process: `tune` trains its final model into a folder it already holds. Search
 workers do not lock the study's top-level folder (several share it); each trial's `train` locks its own
@@ -40,7 +40,6 @@ LOCK_FILE = ".sideformer.lock"
 class _Held:
     fd: int
     depth: int = 1
-    created_file: bool = False
     created_folders: list[Path] = field(default_factory=list)
     """Folders made for the lock, deepest first: removed again at release when nothing but the lock
     file was written into them."""
@@ -81,7 +80,6 @@ def output_lock(output: str | os.PathLike[str], flag: str = "--output") -> Itera
 
 def _acquire(path: Path, output: Path, flag: str) -> _Held | None:
     created_folders = [folder for folder in path.parents if not folder.exists()]
-    created_file = not path.exists()
     with disk_full_as_error(path):
         path.parent.mkdir(parents=True, exist_ok=True)
     while True:
@@ -106,7 +104,7 @@ def _acquire(path: Path, output: Path, flag: str) -> _Held | None:
         os.close(fd)
     with suppress(OSError):  # a full disk still lets us hold the lock; naming the holder is a courtesy
         _write_holder(fd)
-    return _Held(fd, created_file=created_file, created_folders=created_folders, path=path)
+    return _Held(fd, created_folders=created_folders, path=path)
 
 
 def _same_file(fd: int, path: Path) -> bool:
@@ -123,15 +121,12 @@ def _release(key: Path) -> None:
         return
     del _held[key]
     # Removed while still locked: whoever opened the file meanwhile finds it gone and retries.
-    if held.created_folders and os.listdir(held.path.parent) == [held.path.name]:
-        held.path.unlink(missing_ok=True)
-        for folder in held.created_folders:
-            try:
-                folder.rmdir()
-            except OSError:  # something else was written there
-                break
-    elif held.created_file and held.path.name != LOCK_FILE:  # a file output's lock, beside the file
-        held.path.unlink(missing_ok=True)
+    held.path.unlink(missing_ok=True)
+    for folder in held.created_folders:
+        try:
+            folder.rmdir()
+        except OSError:  # something was written there
+            break
     os.close(held.fd)  # closing the descriptor releases the flock
 
 

@@ -45,6 +45,7 @@ def test_another_process_is_refused_while_held_and_not_after(tmp_path: Path) -> 
         assert answer.startswith(f"--output {folder} is in use by pid "), answer
         holder = json.loads((folder / LOCK_FILE).read_text())
         assert {"pid", "host", "command", "since"} <= holder.keys()
+    assert not folder.exists()  # made for the lock, nothing else written: gone again
     assert try_in_another_process(folder) == "locked"
 
 
@@ -63,8 +64,8 @@ def test_a_file_output_is_locked_beside_it(tmp_path: Path) -> None:
 
 def test_the_holder_s_database_password_is_not_written(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(sys, "argv", ["sideformer", "search", "--storage", "postgresql://u:s3cret@db/x"])
-    with output_lock(tmp_path):
-        text = (tmp_path / LOCK_FILE).read_text()
+    with output_lock(tmp_path / "out"):
+        text = (tmp_path / "out" / LOCK_FILE).read_text()
     assert "s3cret" not in text and "postgresql://u:***@db/x" in text
 
 
@@ -99,7 +100,7 @@ def test_a_folder_made_for_the_lock_goes_again_when_nothing_was_written(tmp_path
     assert list(tmp_path.iterdir()) == []
     with output_lock(tmp_path / "run"):
         (tmp_path / "run" / "config.yaml").write_text("")
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [LOCK_FILE, "config.yaml"]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.yaml"]
     with output_lock(tmp_path / "model.onnx"):
         assert (tmp_path / ".model.onnx.lock").exists()
     assert not (tmp_path / ".model.onnx.lock").exists()
