@@ -59,15 +59,17 @@ def lock_file_for(output: str | os.PathLike[str]) -> Path:
 
 
 @contextmanager
-def output_lock(output: str | os.PathLike[str], flag: str = "--output") -> Iterator[None]:
+def output_lock(
+    output: str | os.PathLike[str], flag: str = "--output", wait_seconds: float = 0.0
+) -> Iterator[None]:
     """Hold `output` (a folder, created if missing, or a file's place) for the duration of the block;
-    `UserError` naming the holder when another live process has it."""
+    `UserError` naming the holder when another live process has it (after up to `wait_seconds`)."""
     path = lock_file_for(output)
     key = path.resolve()
     if key in _held:
         _held[key].depth += 1
     else:
-        held = _acquire(path, Path(output), flag)
+        held = _acquire(path, Path(output), flag, wait_seconds)
         if held is None:  # a filesystem without locks
             yield
             return
@@ -78,10 +80,11 @@ def output_lock(output: str | os.PathLike[str], flag: str = "--output") -> Itera
         _release(key)
 
 
-def _acquire(path: Path, output: Path, flag: str) -> _Held | None:
+def _acquire(path: Path, output: Path, flag: str, wait_seconds: float) -> _Held | None:
     created_folders = [folder for folder in path.parents if not folder.exists()]
     with disk_full_as_error(path):
         path.parent.mkdir(parents=True, exist_ok=True)
+    deadline, waiting = time.monotonic() + wait_seconds, False
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
@@ -89,7 +92,14 @@ def _acquire(path: Path, output: Path, flag: str) -> _Held | None:
         except OSError as exc:
             holder = _read_holder(fd)
             os.close(fd)
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            busy = exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
+            if busy and time.monotonic() < deadline:
+                if not waiting:
+                    log.info("%s is in use by %s; waiting up to %.0f s for it", output, holder, wait_seconds)
+                    waiting = True
+                time.sleep(1.0)
+                continue
+            if busy:
                 raise UserError(
                     f"{flag} {output} is in use by {holder}; wait for that run to end (or stop it), "
                     f"or choose another {flag}."

@@ -91,6 +91,11 @@ class RunDir:
         return self.root / "trials" / f"trial_{number:04d}"
 
     @property
+    def is_trial(self) -> bool:
+        """A search trial's folder (`trial()` of a study's output)."""
+        return self.root.parent.name == "trials" and self.root.name.startswith("trial_")
+
+    @property
     def wandb(self) -> Path:
         return self.root / "wandb"
 

@@ -97,8 +97,13 @@ def train(
     `distributed.process_group()`; without one, this process trains alone. Rank 0 holds the output
     folder's lock (`output_lock`) throughout: a second run into the same folder refuses to start."""
     env = env or distributed.single_process(config.train.device)
+    # A retried trial may find its folder still locked by the worker that died with it, where the lock
+    # outlives the process for a while (NFS drops a dead client's locks when its lease runs out).
+    wait = config.search.grace_period if RunDir(config.output).is_trial else 0.0
     with ExitStack() as held:
-        distributed.on_main(env, lambda: held.enter_context(output_lock(config.output)) and None)
+        distributed.on_main(
+            env, lambda: held.enter_context(output_lock(config.output, wait_seconds=wait)) and None
+        )
         return _train(config, on_epoch, resume, env)
 
 

@@ -104,3 +104,29 @@ def test_a_folder_made_for_the_lock_goes_again_when_nothing_was_written(tmp_path
     with output_lock(tmp_path / "model.onnx"):
         assert (tmp_path / ".model.onnx.lock").exists()
     assert not (tmp_path / ".model.onnx.lock").exists()
+
+
+def test_waits_for_a_holder_that_goes_away(tmp_path: Path) -> None:
+    """A retried trial waits (up to search.grace_period) for the dead worker's lock instead of failing."""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom sideformer.output_lock import output_lock\n"
+            "with output_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(2)",
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(UserError), output_lock(tmp_path):  # without waiting: refused
+            pass
+        with output_lock(tmp_path, wait_seconds=120):  # the lock passes over once the holder ends
+            assert (tmp_path / LOCK_FILE).exists()
+    finally:
+        holder.kill()
+        holder.wait()
