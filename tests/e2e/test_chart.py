@@ -203,8 +203,10 @@ def test_values_schema_accepts_an_external_database():
     assert m.run_spec(job).secret_env["OPTUNA_STORAGE"] == m.SecretRef("optuna-db", "storage-url", False)
     wait = m.run_spec(job, container_name="wait-for-database")
     assert wait.env["DB_HOST"] == "db.example.internal"
-    dashboard = m.run_spec(m.one(objects, "Deployment"), container_name="dashboard")
-    assert dashboard.secret_env["OPTUNA_STORAGE"] == m.SecretRef("optuna-db", "dashboard-storage-url", False)
+    dashboard = m.pod_spec(m.one(objects, "Deployment"))
+    (credentials,) = [v for v in dashboard["volumes"] if v["name"] == "credentials"]
+    assert credentials["secret"]["secretName"] == "optuna-db"
+    assert credentials["secret"]["items"] == [{"key": "dashboard-storage-url", "path": "storage-url"}]
 
 
 def test_values_files_hold_no_secrets():
@@ -306,9 +308,12 @@ def test_data_volume_kinds():
         return m.run_spec(job).volume_mounts["/data"]
 
     assert data_source().source == {"persistentVolumeClaim": {"claimName": "sideformer-data"}}
-    nfs = data_source(**{"data.type": "nfs", "data.nfs": {"server": "nas", "path": "/export/aihub"}})
+    baseline = {"podSecurity.restricted": False}  # restricted namespaces refuse nfs and hostPath volumes
+    nfs = data_source(**baseline, **{"data.type": "nfs", "data.nfs": {"server": "nas", "path": "/export/aihub"}})
     assert nfs.source == {"nfs": {"server": "nas", "path": "/export/aihub"}}
-    host = data_source(**{"data.type": "hostPath", "data.hostPath.path": "/mnt/aihub", "data.subPath": "v1"})
+    host = data_source(
+        **baseline, **{"data.type": "hostPath", "data.hostPath.path": "/mnt/aihub", "data.subPath": "v1"}
+    )
     assert host.source == {"hostPath": {"path": "/mnt/aihub", "type": "Directory"}} and host.sub_path == "v1"
     objects = render("default", **{"data.type": "pvc"})
     assert m.one(objects, "PersistentVolumeClaim", f"{m.RELEASE}-data")
@@ -425,18 +430,21 @@ def test_existing_secret_replaces_the_generated_one():
     objects = render("default", **{"postgresql.auth.existingSecret": "my-optuna-db"})
     assert not m.find(objects, "Secret")
     statefulset = m.one(objects, "StatefulSet")
-    env = m.container(m.pod_spec(statefulset), "postgresql")["env"]
-    refs = {v["name"]: v["valueFrom"]["secretKeyRef"] for v in env if "valueFrom" in v}
-    assert {r["name"] for r in refs.values()} == {"my-optuna-db"}
+    secrets = [v["secret"]["secretName"] for v in m.pod_spec(statefulset)["volumes"] if "secret" in v]
+    assert secrets == ["my-optuna-db"]
     assert m.run_spec(tune_jobs(objects)[0]).secret_env["OPTUNA_STORAGE"].name == "my-optuna-db"
 
 
 def test_dashboard_reads_through_the_read_only_role():
     objects = render("default")
     deployment = m.one(objects, "Deployment", f"{m.RELEASE}-dashboard")
-    args, _, secret_env, _ = m.run_spec(deployment, container_name="dashboard")
-    assert args[-1] == "$(OPTUNA_STORAGE)"  # expanded by Kubernetes from the secretKeyRef below
-    assert secret_env["OPTUNA_STORAGE"].key == "dashboard-storage-url"
+    spec = m.run_spec(deployment, container_name="dashboard")
+    # The URL is a file the wrapper reads, never a word of the command line (the process list shows those).
+    assert not any("OPTUNA_STORAGE" in a or "postgresql" in a for a in spec.args)
+    assert "OPTUNA_STORAGE" not in spec.secret_env
+    path = spec.env["OPTUNA_STORAGE_FILE"]
+    mount = spec.volume_mounts[path.rsplit("/", 1)[0]]
+    assert mount.source["secret"]["items"] == [{"key": "dashboard-storage-url", "path": path.rsplit("/", 1)[1]}]
     service = m.one(objects, "Service", f"{m.RELEASE}-dashboard")
     assert service["spec"]["type"] == "ClusterIP"
     assert m.find(render("default", **{"dashboard.enabled": False}), "Deployment") == []
@@ -478,7 +486,7 @@ def test_rendered_config_is_a_valid_sideformer_config(preset, tmp_path):
 def test_study_creator_creates_the_study_the_workers_use():
     objects = render("default")
     (job,) = m.find(objects, "Job")
-    assert job["metadata"]["name"] == f"{m.RELEASE}-study-1"  # per revision: Job specs are immutable
+    assert re.fullmatch(rf"{m.RELEASE}-study-[0-9a-f]{{8}}", job["metadata"]["name"])  # a hash of its spec
     args, _, secret_env, mounts = m.run_spec(job, container_name="study-creator")
     worker_args = m.run_spec(tune_jobs(objects)[0]).args
     assert args[:2] == ["study", "create"]
@@ -672,17 +680,18 @@ def test_trainjob_backend_renders_valid_trainjobs_instead_of_pytorchjobs(preset)
     objects = render(preset, **TRAINJOB)
     workers = m.load_values(*m.VALUES_PRESETS[preset], set_values=TRAINJOB)["tune"].get("workers", 2)
     assert not m.find(objects, "PyTorchJob")
-    assert [j["metadata"]["name"] for j in trainjobs_of(objects)] == [
-        f"{m.RELEASE}-tune-{i}" for i in range(workers)
-    ]
-    (runtime,) = m.find(objects, "TrainingRuntime")
+    names = [j["metadata"]["name"] for j in trainjobs_of(objects)]
+    assert len(names) == workers
+    for i, name in enumerate(names):  # a hash of the spec ends the name (immutable fields: see day 2 below)
+        assert re.fullmatch(rf"{m.RELEASE}-tune-{i}-[0-9a-f]{{8}}", name)
+    (runtime,) = m.find(objects, "ClusterTrainingRuntime")
     for obj in objects:
         validate_object(obj, objects)  # the v2.3.0 CRDs, the torch plugin's rules, the pods strictly
         assert not pod_security_errors(obj), (obj["metadata"]["name"], pod_security_errors(obj))
     for job in trainjobs_of(objects):
         assert job["spec"]["runtimeRef"] == {
             "apiGroup": "trainer.kubeflow.org",
-            "kind": "TrainingRuntime",
+            "kind": "ClusterTrainingRuntime",
             "name": runtime["metadata"]["name"],
         }
 
@@ -729,7 +738,7 @@ def test_trainjob_restart_and_lifetime_values():
             "tune.activeDeadlineSeconds": 86400,
         },
     )
-    runtime = m.one(objects, "TrainingRuntime")
+    runtime = m.one(objects, "ClusterTrainingRuntime")
     assert runtime["spec"]["template"]["spec"]["ttlSecondsAfterFinished"] == 600
     assert tj.replicated_job(runtime)["template"]["spec"]["backoffLimit"] == 2
     assert tj.runtime_pod(runtime)["restartPolicy"] == "Never"
@@ -903,7 +912,7 @@ def test_trainjob_validators_catch_what_they_are_for():
     def broken(change) -> tuple[dict, list[dict]]:
         copied = yaml.safe_load(yaml.safe_dump(objects))
         target = next(o for o in copied if o["metadata"]["name"] == job["metadata"]["name"])
-        change(target, m.one(copied, "TrainingRuntime"))
+        change(target, m.one(copied, "ClusterTrainingRuntime"))
         return target, copied
 
     cases = {
@@ -953,7 +962,7 @@ def test_trainjob_validators_catch_what_they_are_for():
         target, copied = broken(change)
         with pytest.raises(AssertionError, match=message):
             validate_object(target, copied)
-    runtime = yaml.safe_load(yaml.safe_dump(m.one(objects, "TrainingRuntime")))
+    runtime = yaml.safe_load(yaml.safe_dump(m.one(objects, "ClusterTrainingRuntime")))
     tj.runtime_pod(runtime)["containers"][0]["volumeMount"] = []
     with pytest.raises(AssertionError, match="volumeMount"):
         validate_object(runtime)
@@ -987,18 +996,27 @@ def test_values_schema_rejects_wrong_trainjob_values(case):
 def test_trainjob_pod_host_names_over_63_characters_fail_at_render():
     """JobSet names a TrainJob's pods <trainjob>-node-0-<i>, and that is their host name (a DNS label)."""
     values = {**TRAINJOB, "tune.workers": 2, "tune.nodesPerTrial": 2}
-    fits = "x" * 47  # x...-tune-1-node-0-1 is 63 characters
-    assert trainjobs_of(m.render_chart(m.KIND_VALUES, set_values={**values, "fullnameOverride": fits}))
-    with pytest.raises(helm.HelmRenderError, match="-tune-1-node-0-1 would be 64 characters"):
-        m.render_chart(m.KIND_VALUES, set_values={**values, "fullnameOverride": "x" * 48})
+    fits = "x" * 38  # x...-tune-1-<8-character hash>-node-0-1 is 63 characters
+    (job, _) = trainjobs_of(m.render_chart(m.KIND_VALUES, set_values={**values, "fullnameOverride": fits}))
+    assert len(f"{job['metadata']['name']}-node-0-1") == 63
+    with pytest.raises(helm.HelmRenderError, match="-node-0-1 would be 64 characters"):
+        m.render_chart(m.KIND_VALUES, set_values={**values, "fullnameOverride": "x" * 39})
 
 
 def test_trainjob_runtime_exists_before_the_trainjobs_that_name_it():
-    """Helm installs kinds it does not know alphabetically (TrainJob < TrainingRuntime), and the Trainer's
-    webhook rejects a TrainJob whose runtime does not exist: the runtime is a pre-install hook, created
-    before any installed object."""
+    """The Trainer's webhook refuses a TrainJob whose runtime it cannot find. Helm creates kinds it does not
+    know alphabetically (Helm v4's kind_sorter: ClusterTrainingRuntime < TrainJob < TrainingRuntime), and
+    Argo CD by sync wave: either way the chart's runtime, an ordinary release object (so an upgrade updates
+    or creates it and uninstall deletes it), comes first."""
     objects = render("kind", **TRAINJOB)
-    runtime = m.one(objects, "TrainingRuntime")
-    assert m.hook(runtime) == "pre-install"
-    assert not any(m.is_hook(job) for job in trainjobs_of(objects))
-    assert sorted(["TrainingRuntime", "TrainJob"]) == ["TrainJob", "TrainingRuntime"]  # Go's string order
+    runtime = m.one(objects, "ClusterTrainingRuntime")
+    assert not m.is_hook(runtime)
+    jobs = trainjobs_of(objects)
+    assert jobs and not any(m.is_hook(job) for job in jobs)
+    assert sorted(["TrainJob", "ClusterTrainingRuntime", "TrainingRuntime"]) == [
+        "ClusterTrainingRuntime",
+        "TrainJob",
+        "TrainingRuntime",
+    ]  # Go's string order, which Helm uses for kinds it does not know
+    wave = lambda o: int(o["metadata"]["annotations"]["argocd.argoproj.io/sync-wave"])  # noqa: E731
+    assert all(wave(runtime) < wave(job) for job in jobs)
