@@ -309,7 +309,9 @@ def test_data_volume_kinds():
 
     assert data_source().source == {"persistentVolumeClaim": {"claimName": "sideformer-data"}}
     baseline = {"podSecurity.restricted": False}  # restricted namespaces refuse nfs and hostPath volumes
-    nfs = data_source(**baseline, **{"data.type": "nfs", "data.nfs": {"server": "nas", "path": "/export/aihub"}})
+    nfs = data_source(
+        **baseline, **{"data.type": "nfs", "data.nfs": {"server": "nas", "path": "/export/aihub"}}
+    )
     assert nfs.source == {"nfs": {"server": "nas", "path": "/export/aihub"}}
     host = data_source(
         **baseline, **{"data.type": "hostPath", "data.hostPath.path": "/mnt/aihub", "data.subPath": "v1"}
@@ -444,7 +446,9 @@ def test_dashboard_reads_through_the_read_only_role():
     assert "OPTUNA_STORAGE" not in spec.secret_env
     path = spec.env["OPTUNA_STORAGE_FILE"]
     mount = spec.volume_mounts[path.rsplit("/", 1)[0]]
-    assert mount.source["secret"]["items"] == [{"key": "dashboard-storage-url", "path": path.rsplit("/", 1)[1]}]
+    assert mount.source["secret"]["items"] == [
+        {"key": "dashboard-storage-url", "path": path.rsplit("/", 1)[1]}
+    ]
     service = m.one(objects, "Service", f"{m.RELEASE}-dashboard")
     assert service["spec"]["type"] == "ClusterIP"
     assert m.find(render("default", **{"dashboard.enabled": False}), "Deployment") == []
@@ -1020,3 +1024,202 @@ def test_trainjob_runtime_exists_before_the_trainjobs_that_name_it():
     ]  # Go's string order, which Helm uses for kinds it does not know
     wave = lambda o: int(o["metadata"]["annotations"]["argocd.argoproj.io/sync-wave"])  # noqa: E731
     assert all(wave(runtime) < wave(job) for job in jobs)
+
+
+# --- day 2: upgrade, GitOps, restricted namespaces, isolation (issue 20) ----------------------------------
+
+RESTRICTED_VOLUMES = {
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+}
+
+
+def restricted_errors(obj: dict) -> list[str]:
+    """The "restricted" Pod Security Standard's rules (kubernetes.io/docs/concepts/security/pod-security-
+    standards) for every pod an object makes, the Training Operator's `init-pytorch` included."""
+    errors = []
+    specs = (
+        [m.operator_pod_spec(obj, r, 0) for r in obj["spec"]["pytorchReplicaSpecs"]]
+        if obj["kind"] == "PyTorchJob"
+        else m.pod_specs(obj)
+    )
+    for pod in specs:
+        ctx = pod.get("securityContext") or {}
+        for v in pod.get("volumes", []):
+            kinds = set(v) - {"name"}
+            if not kinds <= RESTRICTED_VOLUMES:
+                errors.append(f"volume {v['name']}: {sorted(kinds)}")
+        for c in [*pod.get("initContainers", []), *pod["containers"]]:
+            sc = c.get("securityContext") or {}
+            if sc.get("allowPrivilegeEscalation") is not False:
+                errors.append(f"{c['name']}: allowPrivilegeEscalation")
+            if (sc.get("capabilities") or {}).get("drop") != ["ALL"] or (sc.get("capabilities") or {}).get(
+                "add"
+            ):
+                errors.append(f"{c['name']}: capabilities")
+            if (
+                not sc.get("runAsNonRoot", ctx.get("runAsNonRoot"))
+                or sc.get("runAsUser", ctx.get("runAsUser", 1)) == 0
+            ):
+                errors.append(f"{c['name']}: runAsNonRoot")
+            seccomp = (sc.get("seccompProfile") or ctx.get("seccompProfile") or {}).get("type")
+            if seccomp not in ("RuntimeDefault", "Localhost"):
+                errors.append(f"{c['name']}: seccompProfile")
+    return errors
+
+
+@pytest.mark.parametrize("backend", ["pytorchjob", "trainjob"])
+@pytest.mark.parametrize("nodes", [1, 2])
+@pytest.mark.parametrize("data", ["existingClaim", "pvc", "synthetic"])
+def test_every_pod_passes_the_restricted_pod_security_standard(backend, nodes, data):
+    objects = render("default", **{"tune.backend": backend, "tune.nodesPerTrial": nodes, "data.type": data})
+    for obj in objects:
+        assert not restricted_errors(obj), (obj["kind"], obj["metadata"]["name"], restricted_errors(obj))
+
+
+def test_restricted_checker_and_the_operator_template_catch_what_they_are_for():
+    job = tune_jobs(render("default", **{"tune.nodesPerTrial": 2}))[0]
+    init = m.operator_pod_spec(job, "Worker", 0)["initContainers"][-1]
+    assert init["name"] == "init-pytorch" and init["securityContext"]["allowPrivilegeEscalation"] is False
+    assert "nslookup sideformer-tune-tune-0-master-0" in init["command"][2]  # the operator's fields filled in
+    broken = yaml.safe_load(yaml.safe_dump(job))
+    broken["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]["volumes"].append(
+        {"name": "x", "hostPath": {"path": "/"}}
+    )
+    broken["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0][
+        "securityContext"
+    ] = {}
+    errors = restricted_errors(broken)
+    assert "volume x: ['hostPath']" in errors and "pytorch: allowPrivilegeEscalation" in errors
+
+
+@pytest.mark.parametrize("section", ["data", "output"])
+@pytest.mark.parametrize("kind", ["hostPath", "nfs"])
+def test_restricted_mode_refuses_host_path_and_nfs_with_the_reason(section, kind):
+    values = {
+        f"{section}.type": kind,
+        f"{section}.hostPath.path": "/mnt/x",
+        f"{section}.nfs": {"server": "nas", "path": "/x"},
+    }
+    with pytest.raises(helm.HelmValuesError, match=f"/{section}/type"):
+        render("default", **values)
+    assert render("default", **values, **{"podSecurity.restricted": False})
+
+
+def test_an_upgrade_that_changes_a_trainjob_replaces_it_and_an_unchanged_render_keeps_every_name():
+    """Trainer v2.3's CEL rules make spec.trainer and spec.runtimeRef immutable; a Job's template is too."""
+
+    def names(**values) -> dict[str, set[str]]:
+        objects = render("kind", **TRAINJOB, **values)
+        return {
+            k: {o["metadata"]["name"] for o in m.find(objects, k)}
+            for k in ("TrainJob", "ClusterTrainingRuntime", "Job")
+        }
+
+    first, again = names(), names()
+    assert first == again  # offline, twice: the same objects (Argo CD sees nothing to change)
+    retagged = names(**{"image.tag": "cpu-2"})
+    assert retagged["TrainJob"].isdisjoint(first["TrainJob"])
+    more_nodes = names(**{"tune.nodesPerTrial": 3})
+    assert more_nodes["TrainJob"].isdisjoint(first["TrainJob"])
+    assert more_nodes["ClusterTrainingRuntime"].isdisjoint(first["ClusterTrainingRuntime"])
+    assert names(**{"config": "search: {n_trials: 3}\n"})["Job"].isdisjoint(first["Job"])
+    assert names(**{"tune.workers": 3})["Job"] == first["Job"]  # the study Job only changes with its spec
+
+
+def test_gitops_needs_an_existing_secret_and_then_renders_none():
+    with pytest.raises(helm.HelmValuesError, match="existingSecret"):
+        render("default", **{"gitOps": True})
+    objects = render("default", **{"gitOps": True, "postgresql.auth.existingSecret": "optuna-db"})
+    assert not m.find(objects, "Secret")
+
+
+def test_network_policies_admit_only_the_release():
+    objects = render("default")
+    policies = {p["metadata"]["name"]: p["spec"] for p in m.find(objects, "NetworkPolicy")}
+    default = policies[f"{m.RELEASE}-default"]
+    assert default["policyTypes"] == ["Ingress"] and "ingress" not in default  # deny, the others open
+    database = policies[f"{m.RELEASE}-postgresql"]["ingress"]
+    assert database == [
+        {
+            "from": [{"podSelector": {"matchLabels": {"app.kubernetes.io/instance": m.RELEASE}}}],
+            "ports": [{"port": "postgresql", "protocol": "TCP"}],
+        }
+    ]
+    final = m.render_kustomize("cpu")[0]
+    labels = (
+        m.pod_specs(final)
+        and final["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["metadata"]["labels"]
+    )
+    assert labels["app.kubernetes.io/instance"] == m.RELEASE  # the final job reaches the database
+    workers = policies[f"{m.RELEASE}-tune-worker"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]
+    assert workers["app.kubernetes.io/component"] == "tune-worker"
+    assert f"{m.RELEASE}-dashboard" not in policies  # no source given: only port-forward reaches it
+    peer = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress"}}}
+    opened = render("default", **{"networkPolicy.dashboard.from": [peer]})
+    assert m.one(opened, "NetworkPolicy", f"{m.RELEASE}-dashboard")["spec"]["ingress"][0]["from"] == [peer]
+    closed = render("default", **{"networkPolicy.allowExternalEgress": False})
+    assert "Egress" in m.one(closed, "NetworkPolicy", f"{m.RELEASE}-default")["spec"]["policyTypes"]
+    assert not m.find(render("default", **{"networkPolicy.enabled": False}), "NetworkPolicy")
+
+
+def test_postgresql_has_a_disruption_budget_a_startup_probe_and_a_headless_governing_service():
+    objects = render("default", **{"postgresql.startupTimeoutSeconds": 900})
+    statefulset = m.one(objects, "StatefulSet")
+    governing = m.one(objects, "Service", statefulset["spec"]["serviceName"])
+    assert governing["spec"]["clusterIP"] == "None"
+    container = m.container(m.pod_spec(statefulset), "postgresql")
+    assert container["startupProbe"]["failureThreshold"] * container["startupProbe"]["periodSeconds"] == 900
+    assert "initialDelaySeconds" not in container["livenessProbe"]
+    pdb = m.one(objects, "PodDisruptionBudget")
+    assert pdb["spec"]["selector"]["matchLabels"] == statefulset["spec"]["selector"]["matchLabels"]
+
+
+def test_passwords_reach_postgresql_as_files_and_no_command_line_holds_a_url():
+    objects = render("default")
+    container = m.container(m.pod_spec(m.one(objects, "StatefulSet")), "postgresql")
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POSTGRES_PASSWORD_FILE"]["value"].startswith("/etc/sideformer-db/")
+    assert not any("PASSWORD" in name and not name.endswith("_FILE") for name in env)
+    for name in ("wait-for-db.sh", "test-readonly-role.sh"):
+        script = (m.CHART_DIR / "files" / name).read_text()
+        assert 'psql "$url"' not in script and "pg_env_from_url" in script
+
+
+def test_images_honour_the_global_registry_and_digests_and_small_pods_use_the_cpu_build():
+    digest, cpu_digest = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+    objects = render(
+        "default",
+        **{
+            "global.imageRegistry": "reg.example/mirror",
+            "image.digest": digest,
+            "image.cpuDigest": cpu_digest,
+        },
+    )
+    images = {
+        (o["metadata"]["name"], c["name"]): c["image"]
+        for o in objects
+        for pod in m.pod_specs(o)
+        for c in [*pod.get("initContainers", []), *pod["containers"]]
+    }
+    assert all(i.startswith("reg.example/mirror/") for i in images.values()), images
+    cpu = f"reg.example/mirror/sideformer@{cpu_digest}"
+    study_job = m.one(objects, "Job")["metadata"]["name"]
+    assert images[(study_job, "study-creator")] == cpu
+    assert images[(f"{m.RELEASE}-test-study", "study")] == cpu
+    assert images[(f"{m.RELEASE}-dashboard", "dashboard")] == cpu
+    assert images[(f"{m.RELEASE}-tune-0", "pytorch")] == f"reg.example/mirror/sideformer@{digest}"
+    assert images[(f"{m.RELEASE}-postgresql", "postgresql")] == "reg.example/mirror/postgres:17.6"
+
+
+def test_output_claim_defaults_to_read_write_once_and_chart_metadata_is_complete():
+    claim = m.one(render("default"), "PersistentVolumeClaim", f"{m.RELEASE}-output")
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    chart = yaml.safe_load((m.CHART_DIR / "Chart.yaml").read_text())
+    assert chart["sources"] and chart["maintainers"] and chart["icon"].startswith(("https://", "data:image/"))

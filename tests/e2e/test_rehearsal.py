@@ -326,7 +326,9 @@ def rehearsal(
     backend = BACKENDS[request.param]
     chart = chart_objects(**{"tune.backend": backend.name})
     if backend.name == "trainjob":  # a TrainJob's name ends in a hash of its spec
-        (job,) = [o for o in chart if o["kind"] == "TrainJob" and o["metadata"]["name"].startswith(f"{KILLED_JOB}-")]
+        (job,) = [
+            o for o in chart if o["kind"] == "TrainJob" and o["metadata"]["name"].startswith(f"{KILLED_JOB}-")
+        ]
         backend = dataclasses.replace(backend, killed=f"{job['metadata']['name']}-node-0-0")
     final = m.render_kustomize(backend.final_overlay)
     network = Network.create()

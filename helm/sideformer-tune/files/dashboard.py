@@ -19,7 +19,9 @@ def main() -> int:
         with open(path, encoding="utf-8") as f:
             url = f.read().strip()
     except OSError as e:
-        print(f"dashboard: cannot read the storage URL from OPTUNA_STORAGE_FILE={path!r}: {e}", file=sys.stderr)
+        print(
+            f"dashboard: cannot read the storage URL from OPTUNA_STORAGE_FILE={path!r}: {e}", file=sys.stderr
+        )
         return 2
     run_server(url, host=args.host, port=args.port)
     return 0
