@@ -1112,6 +1112,21 @@ def test_restricted_mode_refuses_host_path_and_nfs_with_the_reason(section, kind
     assert render("default", **values, **{"podSecurity.restricted": False})
 
 
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"podSecurityContext.runAsNonRoot": False},
+        {"securityContext.allowPrivilegeEscalation": True},
+        {"postgresql.securityContext.capabilities": {"drop": []}},
+        {"postgresql.podSecurityContext.seccompProfile": {"type": "Unconfined"}},
+    ],
+)
+def test_restricted_mode_refuses_security_contexts_the_standard_refuses(values):
+    with pytest.raises(helm.HelmValuesError):
+        render("default", **values)
+    assert render("default", **values, **{"podSecurity.restricted": False})
+
+
 def test_an_upgrade_that_changes_a_trainjob_replaces_it_and_an_unchanged_render_keeps_every_name():
     """Trainer v2.3's CEL rules make spec.trainer and spec.runtimeRef immutable; a Job's template is too."""
 
