@@ -510,6 +510,12 @@ def test_helm_test_hooks():
     ]
     assert all(t["kind"] == "Pod" and t["spec"]["restartPolicy"] == "Never" for t in tests)
     assert len(m.installed(objects)) == len(objects) - 2
+    # Day 2: the test pods are the only hooks (Helm never deletes hooks on uninstall; Argo CD maps install
+    # hooks to PreSync phases), and Argo CD skips them.
+    for backend in ("pytorchjob", "trainjob"):
+        hooks = [o for o in render("default", **{"tune.backend": backend}) if m.is_hook(o)]
+        assert hooks and all(m.is_test(h) for h in hooks)
+        assert all(h["metadata"]["annotations"]["argocd.argoproj.io/hook"] == "Skip" for h in hooks)
 
 
 def test_notes_say_how_to_open_the_dashboard_and_run_the_final_job():
