@@ -1030,6 +1030,16 @@ def test_trainjob_runtime_exists_before_the_trainjobs_that_name_it():
     ]  # Go's string order, which Helm uses for kinds it does not know
     wave = lambda o: int(o["metadata"]["annotations"]["argocd.argoproj.io/sync-wave"])  # noqa: E731
     assert all(wave(runtime) < wave(job) for job in jobs)
+    # Namespaced, for installers without cluster-scoped permissions: ordered by Argo CD's waves only.
+    objects = render("kind", **TRAINJOB, **{"tune.trainJob.runtimeKind": "TrainingRuntime"})
+    runtime = m.one(objects, "TrainingRuntime")
+    assert not m.find(objects, "ClusterTrainingRuntime")
+    assert re.fullmatch(rf"{m.RELEASE}-tune-[0-9a-f]{{8}}", runtime["metadata"]["name"])
+    for job in trainjobs_of(objects):
+        validate_object(job, objects)
+        assert job["spec"]["runtimeRef"]["kind"] == "TrainingRuntime"
+        assert job["spec"]["runtimeRef"]["name"] == runtime["metadata"]["name"]
+        assert wave(runtime) < wave(job)
 
 
 # --- day 2: upgrade, GitOps, restricted namespaces, isolation (issue 20) ----------------------------------
