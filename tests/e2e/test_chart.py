@@ -1056,15 +1056,16 @@ RESTRICTED_VOLUMES = {
 }
 
 
-def restricted_errors(obj: dict) -> list[str]:
+def restricted_errors(obj: dict, objects: list[dict] = ()) -> list[str]:
     """The "restricted" Pod Security Standard's rules (kubernetes.io/docs/concepts/security/pod-security-
     standards) for every pod an object makes, the Training Operator's `init-pytorch` included."""
     errors = []
-    specs = (
-        [m.operator_pod_spec(obj, r, 0) for r in obj["spec"]["pytorchReplicaSpecs"]]
-        if obj["kind"] == "PyTorchJob"
-        else m.pod_specs(obj)
-    )
+    if obj["kind"] == "PyTorchJob":  # with what the operator adds
+        specs = [m.operator_pod_spec(obj, r, 0) for r in obj["spec"]["pytorchReplicaSpecs"]]
+    elif obj["kind"] == "TrainJob":  # its runtime's pod with spec.trainer and the runtimePatches applied
+        specs = [tj.trainjob_pod(obj, list(objects))]
+    else:
+        specs = m.pod_specs(obj)
     for pod in specs:
         ctx = pod.get("securityContext") or {}
         for v in pod.get("volumes", []):
@@ -1095,8 +1096,18 @@ def restricted_errors(obj: dict) -> list[str]:
 @pytest.mark.parametrize("data", ["existingClaim", "pvc", "synthetic"])
 def test_every_pod_passes_the_restricted_pod_security_standard(backend, nodes, data):
     objects = render("default", **{"tune.backend": backend, "tune.nodesPerTrial": nodes, "data.type": data})
+    if backend == "trainjob" and data != "synthetic":  # also patching the installed torch-distributed runtime
+        objects += render(
+            "default",
+            **TRAINJOB,
+            **{"tune.nodesPerTrial": nodes, "data.type": data, "tune.trainJob.createRuntime": False},
+        )
+    checked = 0
     for obj in objects:
-        assert not restricted_errors(obj), (obj["kind"], obj["metadata"]["name"], restricted_errors(obj))
+        errors = restricted_errors(obj, objects)
+        assert not errors, (obj["kind"], obj["metadata"]["name"], errors)
+        checked += obj["kind"] in ("PyTorchJob", "TrainJob")
+    assert checked >= 2
 
 
 def test_restricted_checker_and_the_operator_template_catch_what_they_are_for():
