@@ -1265,3 +1265,49 @@ def test_output_claim_defaults_to_read_write_once_and_chart_metadata_is_complete
     assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
     chart = yaml.safe_load((m.CHART_DIR / "Chart.yaml").read_text())
     assert chart["sources"] and chart["maintainers"] and chart["icon"].startswith(("https://", "data:image/"))
+
+
+def test_dashboard_wrapper_serves_the_study_and_keeps_the_url_off_its_command_line(tmp_path):
+    """files/dashboard.py, run with the rendered command's script and arguments: optuna-dashboard answers
+    with the study, and the process's command line (what `ps` shows every user) holds no storage URL."""
+    import socket
+    import time
+    import urllib.request
+
+    import optuna
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    optuna.create_study(study_name="visible", storage=url)
+    (url_file := tmp_path / "storage-url").write_text(url + "\n")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    container = m.container(m.pod_spec(m.one(render("default"), "Deployment")), "dashboard")
+    assert container["command"] == ["tini", "--", "python", "/etc/sideformer-dashboard/dashboard.py"]
+    args = [str(port) if a == "8080" else "127.0.0.1" if a == "0.0.0.0" else a for a in container["args"]]
+    env = {**os.environ, "OPTUNA_STORAGE_FILE": str(url_file)}
+    script = m.CHART_DIR / "files" / "dashboard.py"
+    proc = subprocess.Popen([sys.executable, str(script), *args], env=env, stderr=subprocess.PIPE)
+    try:
+        deadline, body = time.monotonic() + 60, ""
+        while time.monotonic() < deadline and not body:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as r:
+                    body = r.read().decode()
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read().decode()
+                time.sleep(0.5)
+        assert '"visible"' in body
+        cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().decode()
+        assert "sqlite" not in cmdline and str(tmp_path / "study.db") not in cmdline
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    missing = subprocess.run(
+        [sys.executable, str(script)],
+        env={**env, "OPTUNA_STORAGE_FILE": str(tmp_path / "nope")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert missing.returncode == 2 and "cannot read the storage URL" in missing.stderr
