@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed
 K8S_YAML := helm/sideformer-tune/Chart.yaml helm/sideformer-tune/values.yaml helm/sideformer-tune/ci \
 	helm/sideformer-tune/examples k8s .github/workflows
 
-.PHONY: demo test lint bench clean postgres docker image e2e-kind
+.PHONY: chart-readme demo test lint bench clean postgres docker image e2e-kind
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,11 @@ test: $(STAMP) postgres docker
 # The whole flow on a kind cluster (needs kind, kubectl, helm and network access; not part of make test).
 e2e-kind: image
 	bash tests/e2e/kind.sh
+
+# Rewrite helm/sideformer-tune/README.md from README.tmpl.md and values.yaml's comments (make test fails
+# while it is stale).
+chart-readme: $(STAMP)
+	$(BIN)/python -m tests.e2e.chart_readme
 
 lint: $(STAMP)
 	$(BIN)/ruff check sideformer tests benchmarks
