@@ -15,8 +15,12 @@ the release that the current revision no longer renders (orphaned).
 from __future__ import annotations
 
 import copy
+import io
+import subprocess
+import tarfile
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from tests.e2e import manifests as m
@@ -138,6 +142,40 @@ def helm_flow(backend: str) -> FlowResult:
             )
             if orphans := _orphans(cluster, release, rendered):
                 flow.orphans[report.step] = orphans
+    flow.final = sorted(cluster.objects)
+    return flow
+
+
+# The chart as main last released it before the day-2 fixes (Chart.yaml 0.1.0): installs that exist.
+PREVIOUS_CHART_COMMIT = "7c44b7704c6c73e7c0a9d265246e3b70db1f9da0"
+
+
+def previous_chart(folder: Path, commit: str = PREVIOUS_CHART_COMMIT) -> Path:
+    """The chart at `commit`, extracted from the repository's history into `folder` (git archive)."""
+    rel = m.CHART_DIR.relative_to(m.REPO)
+    archive = subprocess.run(
+        ["git", "-C", str(m.REPO), "archive", "--format=tar", commit, str(rel)],
+        capture_output=True,
+        check=True,
+    ).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(folder, filter="data")
+    return folder / rel
+
+
+def upgrade_from_flow(backend: str, old_chart: Path) -> FlowResult:
+    """install with an earlier chart -> upgrade to this one with the same values -> uninstall."""
+    cluster = ApiServer()
+    helm = Helm(cluster)
+    flow = FlowResult(f"helm upgrade from the previous chart, tune.backend={backend}")
+    vals = values(backend)
+    for verb, kwargs in (("install", {"chart": old_chart}), ("upgrade", {})):
+        report = getattr(helm, verb)(m.RELEASE, vals, **kwargs)
+        report.step = f"{len(flow.steps) + 1}. {verb}"
+        flow.steps.append(report)
+    report = helm.uninstall(m.RELEASE)
+    report.step = f"{len(flow.steps) + 1}. uninstall"
+    flow.steps.append(report)
     flow.final = sorted(cluster.objects)
     return flow
 

@@ -145,16 +145,19 @@ def render(
     revision: int = 1,
     upgrade: bool = False,
     cluster: ApiServer | None = None,
+    chart: Path | None = None,
 ) -> list[dict[str, Any]]:
-    """Every object the chart renders (hooks and tests included, NOTES.txt left out) for `helm install`
-    (revision 1) or `helm upgrade`; with `cluster`, `lookup` answers from its objects."""
+    """Every object the chart (default `chart_path()`) renders (hooks and tests included, NOTES.txt left
+    out) for `helm install` (revision 1) or `helm upgrade`; with `cluster`, `lookup` answers from its
+    objects."""
     import helm_python as helm
 
-    chart_dir = chart_path()
+    source = chart or chart_path()
+    chart_dir = source
     with tempfile.TemporaryDirectory() as tmp:
         if cluster is not None:
-            chart_dir = Path(tmp) / chart_path().name
-            shutil.copytree(chart_path(), chart_dir)
+            chart_dir = Path(tmp) / source.name
+            shutil.copytree(source, chart_dir)
             for path in (chart_dir / "templates").rglob("*"):
                 if path.is_file() and LOOKUP_CALL in path.read_text():
                     path.write_text(_rewrite_lookups(path.read_text()))
@@ -221,9 +224,9 @@ class Helm:
 
     # the verbs
 
-    def install(self, release: str, values: dict[str, Any]) -> StepReport:
+    def install(self, release: str, values: dict[str, Any], chart: Path | None = None) -> StepReport:
         report = StepReport("install", release)
-        objects = render(values, release, self.cluster.namespace, cluster=self.cluster)
+        objects = render(values, release, self.cluster.namespace, cluster=self.cluster, chart=chart)
         regular = [o for o in objects if not m.is_hook(o)]
         try:
             self._hooks(objects, "pre-install", report)
@@ -237,12 +240,18 @@ class Helm:
         )
         return report
 
-    def upgrade(self, release: str, values: dict[str, Any]) -> StepReport:
+    def upgrade(self, release: str, values: dict[str, Any], chart: Path | None = None) -> StepReport:
         report = StepReport("upgrade", release)
         current = self.releases[release]
         revision = current.revision + 1
         objects = render(
-            values, release, self.cluster.namespace, revision=revision, upgrade=True, cluster=self.cluster
+            values,
+            release,
+            self.cluster.namespace,
+            revision=revision,
+            upgrade=True,
+            cluster=self.cluster,
+            chart=chart,
         )
         regular = [o for o in objects if not m.is_hook(o)]
         try:

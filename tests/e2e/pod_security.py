@@ -237,8 +237,11 @@ def violations(pod: Pod, level: str = "restricted") -> list[str]:
 
 def project_init_template() -> Path | None:
     """The init-container template the project gives the Training Operator for restricted namespaces
-    (a file under k8s/ holding the operator's {{.InitContainerImage}} field), or None."""
-    for path in sorted((m.K8S_DIR).rglob("*.yaml")):
+    (a file under the chart's repository's k8s/ holding the operator's {{.InitContainerImage}} field), or
+    None."""
+    from tests.e2e.helm_release import chart_path
+
+    for path in sorted((chart_path().parents[1] / "k8s").rglob("*.yaml")):
         if "{{.InitContainerImage}}" in path.read_text():
             return path
     return None
