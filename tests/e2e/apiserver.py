@@ -44,7 +44,8 @@ class Key(NamedTuple):
     name: str
 
     def __str__(self) -> str:
-        return f"{self.kind}/{self.name}"
+        where = f" -n {self.namespace}" if self.namespace not in ("", m.NAMESPACE) else ""
+        return f"{self.kind}/{self.name}{where}"
 
 
 CLUSTER_SCOPED = {"ClusterTrainingRuntime", "Namespace", "ClusterRole", "ClusterRoleBinding", "StorageClass"}
@@ -267,6 +268,7 @@ class ApiServer:
         self._ips = itertools.count(10)
         for obj in objects:
             self.create(obj)
+        self.preexisting = set(self.objects)  # what the cluster had before the flow (not the flow's doing)
 
     # reading
 

@@ -1,9 +1,10 @@
 """Day-2 flows of the chart over the in-memory API server (tests/e2e/apiserver.py), with Helm's
 (helm_release.py) and Argo CD's (argocd.py) documented behaviour, and the table each flow prints.
 
-- `helm_flow(backend)`: install -> helm test -> upgrade with another image tag and 2 nodes per trial ->
-  upgrade switching tune.backend -> uninstall -> install again under the same name -> install under another
-  name -> uninstall both.
+- `helm_flow(name)` (HELM_FLOWS: each backend, and TrainJobs on the Trainer's installed runtime): install
+  -> helm test -> upgrade with another image tag and 2 nodes per trial -> upgrade switching tune.backend ->
+  uninstall -> install again under the same name -> install under another name -> install the same name
+  in another namespace -> uninstall all; `upgrade_from_flow`: a release of the previous chart upgraded.
 - `argo_flow(backend)`: sync -> sync again with nothing changed -> sync with another image tag, 2 nodes per
   trial and another config -> delete the Application.
 
@@ -24,9 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from tests.e2e import manifests as m
+from tests.e2e import trainjobs as tj
 from tests.e2e.apiserver import ApiError, ApiServer, Key
 from tests.e2e.argocd import Application
-from tests.e2e.helm_release import Helm, StepReport, is_kept, release_of
+from tests.e2e.helm_release import Helm, StepReport, belongs, is_kept
 
 BACKENDS = ("pytorchjob", "trainjob")
 OTHER_RELEASE = "second"
@@ -97,52 +99,61 @@ class FlowResult:
         return format_table(self)
 
 
-def _orphans(cluster: ApiServer, release: str, rendered: list[dict[str, Any]]) -> list[Key]:
+def _orphans(cluster: ApiServer, release: str, namespace: str, rendered: list[dict[str, Any]]) -> list[Key]:
     """Objects of `release` in the cluster that its current render holds neither as object nor as hook."""
     keys = {cluster.key(o) for o in rendered if not m.is_test(o)}
     return [
         cluster.key(o)
         for o in cluster
-        if release_of(o) == release and cluster.key(o) not in keys and not is_kept(o)
+        if belongs(o, release, namespace) and cluster.key(o) not in keys and not is_kept(o)
     ]
 
 
-def helm_flow(backend: str) -> FlowResult:
-    from tests.e2e.helm_release import render
+HELM_FLOWS: dict[str, dict[str, Any]] = {
+    "pytorchjob": {"tune.backend": "pytorchjob"},
+    "trainjob": {"tune.backend": "trainjob"},
+    # TrainJobs that reference the Trainer's own torch-distributed runtime and patch it (runtimePatches).
+    "trainjob, installed runtime": {"tune.backend": "trainjob", "tune.trainJob.createRuntime": False},
+}
+OTHER_NAMESPACE = "team-b"
 
-    cluster = ApiServer()
-    helm = Helm(cluster)
-    flow = FlowResult(f"helm, tune.backend={backend}")
-    first, changed = values(backend), values(backend, **{"image.tag": NEXT_TAG, "tune.nodesPerTrial": 2})
-    switched = values(other(backend), **{"image.tag": NEXT_TAG, "tune.nodesPerTrial": 2})
-    steps: list[tuple[str, str, dict[str, Any] | None]] = [
-        ("install", m.RELEASE, first),
-        ("test", m.RELEASE, first),
-        ("upgrade", m.RELEASE, changed),
-        ("upgrade", m.RELEASE, switched),
-        ("uninstall", m.RELEASE, None),
-        ("install", m.RELEASE, first),
-        ("install", OTHER_RELEASE, first),
-        ("uninstall", m.RELEASE, None),
-        ("uninstall", OTHER_RELEASE, None),
+
+def helm_flow(name: str) -> FlowResult:
+    """install -> helm test -> upgrade (image tag, 2 nodes) -> upgrade to the other backend -> uninstall ->
+    install again -> install under another name -> install the same name in another namespace -> uninstall
+    all. The cluster has the Trainer's stock torch-distributed ClusterTrainingRuntime, as an install of the
+    Trainer does."""
+    base = HELM_FLOWS[name]
+    cluster = ApiServer(objects=[tj.torch_distributed_runtime()])
+    helm, elsewhere = Helm(cluster), Helm(cluster, namespace=OTHER_NAMESPACE)
+    flow = FlowResult(f"helm, {name}")
+    first = m.load_values(set_values=base)
+    changed = m.load_values(set_values={**base, "image.tag": NEXT_TAG, "tune.nodesPerTrial": 2})
+    switched = values(other(base["tune.backend"]), **{"image.tag": NEXT_TAG, "tune.nodesPerTrial": 2})
+    steps: list[tuple[Helm, str, str, dict[str, Any] | None]] = [
+        (helm, "install", m.RELEASE, first),
+        (helm, "test", m.RELEASE, first),
+        (helm, "upgrade", m.RELEASE, changed),
+        (helm, "upgrade", m.RELEASE, switched),
+        (helm, "uninstall", m.RELEASE, None),
+        (helm, "install", m.RELEASE, first),
+        (helm, "install", OTHER_RELEASE, first),
+        (elsewhere, "install", m.RELEASE, first),
+        (helm, "uninstall", m.RELEASE, None),
+        (helm, "uninstall", OTHER_RELEASE, None),
+        (elsewhere, "uninstall", m.RELEASE, None),
     ]
-    for verb, release, vals in steps:
-        report = getattr(helm, verb)(release, vals) if vals is not None else helm.uninstall(release)
-        report.step = f"{len(flow.steps) + 1}. {verb}"
+    for client, verb, release, vals in steps:
+        report = getattr(client, verb)(release, vals) if vals is not None else client.uninstall(release)
+        where = "" if client is helm else f" -n {client.namespace}"
+        report.step = f"{len(flow.steps) + 1}. {verb}{where}"
         flow.steps.append(report)
         if verb in ("install", "upgrade"):
-            current = helm.releases[release]
-            rendered = render(
-                vals,
-                release,
-                cluster.namespace,
-                revision=current.revision,
-                upgrade=current.revision > 1,
-                cluster=cluster,
-            )
-            if orphans := _orphans(cluster, release, rendered):
+            current = client.releases[release]
+            rendered = client.render(vals, release, revision=current.revision, upgrade=current.revision > 1)
+            if orphans := _orphans(cluster, release, client.namespace, rendered):
                 flow.orphans[report.step] = orphans
-    flow.final = sorted(cluster.objects)
+    flow.final = sorted(k for k in cluster.objects if k not in cluster.preexisting)
     return flow
 
 
@@ -176,7 +187,7 @@ def upgrade_from_flow(backend: str, old_chart: Path) -> FlowResult:
     report = helm.uninstall(m.RELEASE)
     report.step = f"{len(flow.steps) + 1}. uninstall"
     flow.steps.append(report)
-    flow.final = sorted(cluster.objects)
+    flow.final = sorted(k for k in cluster.objects if k not in cluster.preexisting)
     return flow
 
 
@@ -197,14 +208,14 @@ def argo_flow(backend: str) -> FlowResult:
         snapshots.append(
             {k: (o, k in cluster.terminating) for k, o in copy.deepcopy(cluster.objects).items()}
         )
-        if orphans := _orphans(cluster, app.name, app.render(vals)):
+        if orphans := _orphans(cluster, app.name, cluster.namespace, app.render(vals)):
             flow.orphans[report.step] = orphans
     flow.same_after_second_sync = snapshots[0] == snapshots[1]  # type: ignore[attr-defined]
     flow.second_sync_changes = _differences(snapshots[0], snapshots[1])  # type: ignore[attr-defined]
     report = app.delete(changed)
     report.step = f"{len(flow.steps) + 1}. {report.step}"
     flow.steps.append(report)
-    flow.final = sorted(cluster.objects)
+    flow.final = sorted(k for k in cluster.objects if k not in cluster.preexisting)
     return flow
 
 

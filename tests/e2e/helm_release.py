@@ -36,7 +36,7 @@ from typing import Any
 import yaml
 
 from tests.e2e import manifests as m
-from tests.e2e.apiserver import ApiError, ApiServer, Key
+from tests.e2e.apiserver import CLUSTER_SCOPED, ApiError, ApiServer, Key
 
 INSTALL_ORDER = [
     "PriorityClass", "Namespace", "NetworkPolicy", "ResourceQuota", "LimitRange", "PodSecurityPolicy",
@@ -216,17 +216,26 @@ class Release:
 
 
 class Helm:
-    """`helm install/upgrade/test/uninstall` against one ApiServer."""
+    """`helm install/upgrade/test/uninstall -n NAMESPACE` against one ApiServer."""
 
-    def __init__(self, cluster: ApiServer) -> None:
+    def __init__(self, cluster: ApiServer, namespace: str | None = None) -> None:
         self.cluster = cluster
+        self.namespace = namespace or cluster.namespace
         self.releases: dict[str, Release] = {}
+
+    def render(self, values: dict[str, Any], release: str, **options: Any) -> list[dict[str, Any]]:
+        """The chart rendered into this namespace: Helm sets it on every namespaced object."""
+        objects = render(values, release, self.namespace, cluster=self.cluster, **options)
+        for obj in objects:
+            if obj["kind"] not in CLUSTER_SCOPED:
+                obj["metadata"].setdefault("namespace", self.namespace)
+        return objects
 
     # the verbs
 
     def install(self, release: str, values: dict[str, Any], chart: Path | None = None) -> StepReport:
         report = StepReport("install", release)
-        objects = render(values, release, self.cluster.namespace, cluster=self.cluster, chart=chart)
+        objects = self.render(values, release, chart=chart)
         regular = [o for o in objects if not m.is_hook(o)]
         try:
             self._hooks(objects, "pre-install", report)
@@ -236,7 +245,7 @@ class Helm:
         except ApiError as error:
             report.errors.append(error)
         self.releases[release] = Release(
-            release, self.cluster.namespace, 1, regular, "failed" if report.errors else "deployed"
+            release, self.namespace, 1, regular, "failed" if report.errors else "deployed"
         )
         return report
 
@@ -244,15 +253,7 @@ class Helm:
         report = StepReport("upgrade", release)
         current = self.releases[release]
         revision = current.revision + 1
-        objects = render(
-            values,
-            release,
-            self.cluster.namespace,
-            revision=revision,
-            upgrade=True,
-            cluster=self.cluster,
-            chart=chart,
-        )
+        objects = self.render(values, release, revision=revision, upgrade=True, chart=chart)
         regular = [o for o in objects if not m.is_hook(o)]
         try:
             self._hooks(objects, "pre-upgrade", report)
@@ -271,21 +272,14 @@ class Helm:
         except ApiError as error:
             report.errors.append(error)
         self.releases[release] = Release(
-            release, self.cluster.namespace, revision, regular, "failed" if report.errors else "deployed"
+            release, self.namespace, revision, regular, "failed" if report.errors else "deployed"
         )
         return report
 
     def test(self, release: str, values: dict[str, Any]) -> StepReport:
         report = StepReport("test", release)
         current = self.releases[release]
-        objects = render(
-            values,
-            release,
-            self.cluster.namespace,
-            revision=current.revision,
-            upgrade=current.revision > 1,
-            cluster=self.cluster,
-        )
+        objects = self.render(values, release, revision=current.revision, upgrade=current.revision > 1)
         try:
             self._hooks(objects, "test", report)
         except ApiError as error:
@@ -304,7 +298,7 @@ class Helm:
         kept = set(report.keys("kept"))
         for obj in self.cluster:
             key = self.cluster.key(obj)
-            if release_of(obj) == release and key not in kept:
+            if belongs(obj, release, self.namespace) and key not in kept:
                 report.add(key, "left behind", "not part of the release (a hook?)")
         return report
 
@@ -330,7 +324,7 @@ class Helm:
     def _create_or_adopt(
         self, obj: dict[str, Any], release: str, report: StepReport, existing_release: Release | None
     ) -> None:
-        obj = _owned(obj, release, self.cluster.namespace)
+        obj = _owned(obj, release, self.namespace)
         key = self.cluster.key(obj)
         live = self.cluster.get(key)
         ours = existing_release is not None and key in {
@@ -340,12 +334,13 @@ class Helm:
             self.cluster.create(obj)
             report.add(key, "created")
             return
-        if not ours and release_of(live, annotation_only=True) != release:
+        owner = (annotations(live).get(RELEASE_NAME), annotations(live).get(RELEASE_NAMESPACE))
+        if not ours and owner != (release, self.namespace):
             raise ApiError(
                 "Conflict",
                 key,
-                f"exists and cannot be imported into the current release: invalid ownership metadata "
-                f"({RELEASE_NAME}={release_of(live, annotation_only=True)!r}, expected {release!r})",
+                "exists and cannot be imported into the current release: invalid ownership metadata "
+                f"({RELEASE_NAME}/{RELEASE_NAMESPACE} {owner}, expected {(release, self.namespace)})",
             )
         changed = self.cluster.update(obj)
         report.add(key, ("updated" if changed else "unchanged") if ours else "adopted")
@@ -361,9 +356,12 @@ def _owned(obj: dict[str, Any], release: str, namespace: str) -> dict[str, Any]:
     return {**obj, "metadata": meta}
 
 
-def release_of(obj: dict[str, Any], annotation_only: bool = False) -> str | None:
-    """The release an object belongs to: Helm's ownership annotation, else the chart's instance label."""
-    owner = annotations(obj).get(RELEASE_NAME)
-    if owner or annotation_only:
-        return owner
-    return (obj["metadata"].get("labels") or {}).get("app.kubernetes.io/instance")
+def belongs(obj: dict[str, Any], release: str, namespace: str) -> bool:
+    """Whether an object is release `release` of `namespace`'s: by Helm's ownership annotations where it
+    has them (regular objects), else by the chart's instance label and its namespace (hooks)."""
+    notes = annotations(obj)
+    if RELEASE_NAME in notes:
+        return (notes[RELEASE_NAME], notes.get(RELEASE_NAMESPACE)) == (release, namespace)
+    if (obj["metadata"].get("labels") or {}).get("app.kubernetes.io/instance") != release:
+        return False
+    return obj["kind"] in CLUSTER_SCOPED or obj["metadata"].get("namespace", namespace) == namespace

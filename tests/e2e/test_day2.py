@@ -41,7 +41,7 @@ def helm_flow_of(backend: str) -> day2.FlowResult:
     return flow
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=list(day2.HELM_FLOWS))
 def helm_flow(request) -> day2.FlowResult:
     return helm_flow_of(request.param)
 
@@ -161,6 +161,16 @@ def test_api_model_enforces_the_trainjob_crds_cel_rules():
     assert cel_errors(schema, changed, job) == ["spec.runtimeRef: Invalid value: field is immutable"]
     changed["metadata"]["name"] = "Not_A_DNS_Label"
     assert "metadata.name must match RFC 1035" in " ".join(cel_errors(schema, changed))
+    # through map lists (runtimePatches by manager, replicatedJobs by name) to a patched pod's volumes
+    patching = m.render_chart(set_values={"tune.backend": "trainjob", "tune.trainJob.createRuntime": False})
+    job = next(o for o in patching if o["kind"] == "TrainJob")
+    changed = copy.deepcopy(job)
+    rjob = changed["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][
+        0
+    ]
+    rjob["template"]["spec"]["template"]["spec"]["volumes"].append({"name": "x", "emptyDir": {}})
+    (error,) = cel_errors(schema, changed, job)
+    assert error.endswith("template.spec.volumes: Invalid value: field is immutable"), error
     runtime = crd_schema("trainer.kubeflow.org", "ClusterTrainingRuntime")
     both = {"spec": {"mlPolicy": {"torch": {}, "mpi": {}}, "template": {"spec": {}}}}
     assert cel_errors(runtime, both) == [
