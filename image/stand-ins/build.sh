@@ -17,7 +17,7 @@
 #   data; listen_addresses '*' in postgresql.conf.sample; /var/run/postgresql 3777 postgres; STOPSIGNAL
 #   SIGINT; runs as uid 999 on a read-only root with the chart's volumes. Known differences: PostgreSQL 15
 #   (Debian bookworm), not the tag's version; the entrypoint is a shorter script with the same behaviour
-#   for these variables (no *_FILE variables, POSTGRES_INITDB_ARGS, POSTGRES_HOST_AUTH_METHOD, initdb WAL
+#   for these variables (no *_FILE variables but POSTGRES_PASSWORD_FILE, POSTGRES_INITDB_ARGS, POSTGRES_HOST_AUTH_METHOD, initdb WAL
 #   dir, *.sql.gz or nss_wrapper); setpriv instead of gosu when started as root; no locales beyond C.UTF-8.
 # INIT_REF: the Training Operator's init-container image (alpine:3.10 in v1.9): Debian's busybox-static
 #   1.35 with its applets (sh, nslookup, seq, sleep) linked into /bin, an /etc/passwd with root and

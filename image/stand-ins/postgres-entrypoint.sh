@@ -4,7 +4,7 @@
 #   - the server is started as `postgres` (CMD); a first argument starting with "-" is a server option;
 #   - as root it re-executes itself as the postgres user (uid 999); otherwise it runs as it is;
 #   - an empty PGDATA is initialised with initdb from POSTGRES_USER (default postgres), POSTGRES_PASSWORD
-#     (required) and POSTGRES_DB (default POSTGRES_USER); host connections need scram-sha-256 passwords,
+#     or the file POSTGRES_PASSWORD_FILE names (one is required) and POSTGRES_DB (default POSTGRES_USER); host connections need scram-sha-256 passwords,
 #     local socket connections are trusted (initdb's default, as in the official image);
 #   - a socket-only temporary server runs /docker-entrypoint-initdb.d/*.sh (run when executable, else
 #     sourced) and *.sql once, on that first start only; then the real server is exec'd.
@@ -19,6 +19,9 @@ fi
 
 : "${POSTGRES_USER:=postgres}"
 : "${POSTGRES_DB:=$POSTGRES_USER}"
+if [ -z "${POSTGRES_PASSWORD:-}" ] && [ -n "${POSTGRES_PASSWORD_FILE:-}" ]; then
+    POSTGRES_PASSWORD=$(cat "$POSTGRES_PASSWORD_FILE")
+fi
 : "${POSTGRES_PASSWORD:=}"
 export POSTGRES_USER POSTGRES_DB POSTGRES_PASSWORD
 

@@ -33,7 +33,7 @@ TRAINER="github.com/kubeflow/trainer.git/manifests/overlays/manager?ref=${TRAINE
 BACKEND=${BACKEND:-pytorchjob}
 case "$BACKEND" in
 pytorchjob) JOB_KIND=PyTorchJob DONE=Succeeded FINAL_OVERLAY=cpu JOB_KINDS=pytorchjobs ;;
-trainjob) JOB_KIND=TrainJob DONE=Complete FINAL_OVERLAY=trainjob-cpu JOB_KINDS=trainjobs,trainingruntimes,jobsets ;;
+trainjob) JOB_KIND=TrainJob DONE=Complete FINAL_OVERLAY=trainjob-cpu JOB_KINDS=trainjobs,clustertrainingruntimes,jobsets ;;
 *)
     printf 'FAIL: BACKEND=%s: expected pytorchjob or trainjob\n' "$BACKEND" >&2
     exit 1
@@ -151,7 +151,7 @@ wait_job() {
 }
 
 # The Trainer's webhooks answer a little after its Deployment is ready: wait until a server-side dry run
-# of a TrainingRuntime goes through them (helm install creates the chart's one as its first hook).
+# of a TrainingRuntime goes through them (helm install creates the chart's ClusterTrainingRuntime first).
 wait_trainer_webhook() {
     for _ in $(seq 1 60); do
         k apply --dry-run=server -f - >/dev/null <<EOF && return 0
@@ -294,10 +294,10 @@ helm test "$RELEASE" --namespace "$NAMESPACE" --logs --timeout 10m
 log "clean uninstall"
 k delete -k "$ROOT/k8s/overlays/$FINAL_OVERLAY" --wait
 helm uninstall "$RELEASE" --namespace "$NAMESPACE" --wait --timeout 5m
-# Helm leaves hook objects behind: the generated database Secret (a pre-install hook), and with TrainJobs
-# their TrainingRuntime (a pre-install hook too, so that it exists before them).
+# Helm keeps what is marked helm.sh/resource-policy: keep: the generated database Secret (the output claim
+# is not kept with ci/kind-values.yaml). Everything else, the TrainJobs' ClusterTrainingRuntime included,
+# is an ordinary release object that the uninstall deleted.
 k delete secret "$RELEASE-db" --ignore-not-found
-[ "$BACKEND" != trainjob ] || k delete trainingruntime "$RELEASE-tune" --ignore-not-found --wait
 # Pods of the deleted PyTorchJobs (TrainJobs) and Jobs go by garbage collection, just after their owners.
 k wait --for=delete pod --selector "app.kubernetes.io/instance=$RELEASE" --timeout=180s 2>/dev/null || true
 left=$(k get "all,pvc,secrets,configmaps,$JOB_KINDS,jobs" \

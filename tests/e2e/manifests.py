@@ -395,28 +395,25 @@ def elastic_env(job: dict[str, Any]) -> dict[str, str]:
     return env
 
 
+OPERATOR_INIT_TEMPLATE = REPO / "k8s" / "operator" / "restricted-init-container" / "initContainer.yaml"
+
+
 def operator_init_containers(job: dict[str, Any], replica: str) -> list[dict[str, Any]]:
     """`init-pytorch`, which the operator appends to the init containers of Worker pods: it waits until the
-    Master's Service name resolves (exit 1 after OPERATOR_INIT_MAX_TRIES tries, 2 s apart)."""
+    Master's Service name resolves (exit 1 after OPERATOR_INIT_MAX_TRIES tries, 2 s apart). From the
+    template the operator is given by k8s/operator/restricted-init-container (its built-in one plus a
+    restricted securityContext), with the Go template fields filled in as the operator fills them."""
     if replica != "Worker" or "Master" not in job["spec"]["pytorchReplicaSpecs"]:
         return []
-    master = f"{job['metadata']['name']}-master-0"
-    script = (
-        f"err=1;for i in $(seq {OPERATOR_INIT_MAX_TRIES}); do if nslookup {master}; then err=0 && break; fi;"
-        "echo waiting for master; sleep 2; done; exit $err"
-    )
-    return [
-        {
-            "name": "init-pytorch",
-            "image": OPERATOR_INIT_IMAGE,
-            "imagePullPolicy": "IfNotPresent",
-            "resources": {
-                "limits": {"cpu": "100m", "memory": "20Mi"},
-                "requests": {"cpu": "50m", "memory": "10Mi"},
-            },
-            "command": ["sh", "-c", script],
-        }
-    ]
+    fields = {
+        "{{.InitContainerImage}}": OPERATOR_INIT_IMAGE,
+        "{{.MaxTries}}": str(OPERATOR_INIT_MAX_TRIES),
+        "{{.MasterAddr}}": f"{job['metadata']['name']}-master-0",
+    }
+    text = OPERATOR_INIT_TEMPLATE.read_text()
+    for field, value in fields.items():
+        text = text.replace(field, value)
+    return yaml.safe_load(text)
 
 
 def operator_pod_spec(job: dict[str, Any], replica: str, index: int) -> dict[str, Any]:

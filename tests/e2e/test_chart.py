@@ -203,8 +203,10 @@ def test_values_schema_accepts_an_external_database():
     assert m.run_spec(job).secret_env["OPTUNA_STORAGE"] == m.SecretRef("optuna-db", "storage-url", False)
     wait = m.run_spec(job, container_name="wait-for-database")
     assert wait.env["DB_HOST"] == "db.example.internal"
-    dashboard = m.run_spec(m.one(objects, "Deployment"), container_name="dashboard")
-    assert dashboard.secret_env["OPTUNA_STORAGE"] == m.SecretRef("optuna-db", "dashboard-storage-url", False)
+    dashboard = m.pod_spec(m.one(objects, "Deployment"))
+    (credentials,) = [v for v in dashboard["volumes"] if v["name"] == "credentials"]
+    assert credentials["secret"]["secretName"] == "optuna-db"
+    assert credentials["secret"]["items"] == [{"key": "dashboard-storage-url", "path": "storage-url"}]
 
 
 def test_values_files_hold_no_secrets():
@@ -306,9 +308,14 @@ def test_data_volume_kinds():
         return m.run_spec(job).volume_mounts["/data"]
 
     assert data_source().source == {"persistentVolumeClaim": {"claimName": "sideformer-data"}}
-    nfs = data_source(**{"data.type": "nfs", "data.nfs": {"server": "nas", "path": "/export/aihub"}})
+    baseline = {"podSecurity.restricted": False}  # restricted namespaces refuse nfs and hostPath volumes
+    nfs = data_source(
+        **baseline, **{"data.type": "nfs", "data.nfs": {"server": "nas", "path": "/export/aihub"}}
+    )
     assert nfs.source == {"nfs": {"server": "nas", "path": "/export/aihub"}}
-    host = data_source(**{"data.type": "hostPath", "data.hostPath.path": "/mnt/aihub", "data.subPath": "v1"})
+    host = data_source(
+        **baseline, **{"data.type": "hostPath", "data.hostPath.path": "/mnt/aihub", "data.subPath": "v1"}
+    )
     assert host.source == {"hostPath": {"path": "/mnt/aihub", "type": "Directory"}} and host.sub_path == "v1"
     objects = render("default", **{"data.type": "pvc"})
     assert m.one(objects, "PersistentVolumeClaim", f"{m.RELEASE}-data")
@@ -425,18 +432,23 @@ def test_existing_secret_replaces_the_generated_one():
     objects = render("default", **{"postgresql.auth.existingSecret": "my-optuna-db"})
     assert not m.find(objects, "Secret")
     statefulset = m.one(objects, "StatefulSet")
-    env = m.container(m.pod_spec(statefulset), "postgresql")["env"]
-    refs = {v["name"]: v["valueFrom"]["secretKeyRef"] for v in env if "valueFrom" in v}
-    assert {r["name"] for r in refs.values()} == {"my-optuna-db"}
+    secrets = [v["secret"]["secretName"] for v in m.pod_spec(statefulset)["volumes"] if "secret" in v]
+    assert secrets == ["my-optuna-db"]
     assert m.run_spec(tune_jobs(objects)[0]).secret_env["OPTUNA_STORAGE"].name == "my-optuna-db"
 
 
 def test_dashboard_reads_through_the_read_only_role():
     objects = render("default")
     deployment = m.one(objects, "Deployment", f"{m.RELEASE}-dashboard")
-    args, _, secret_env, _ = m.run_spec(deployment, container_name="dashboard")
-    assert args[-1] == "$(OPTUNA_STORAGE)"  # expanded by Kubernetes from the secretKeyRef below
-    assert secret_env["OPTUNA_STORAGE"].key == "dashboard-storage-url"
+    spec = m.run_spec(deployment, container_name="dashboard")
+    # The URL is a file the wrapper reads, never a word of the command line (the process list shows those).
+    assert not any("OPTUNA_STORAGE" in a or "postgresql" in a for a in spec.args)
+    assert "OPTUNA_STORAGE" not in spec.secret_env
+    path = spec.env["OPTUNA_STORAGE_FILE"]
+    mount = spec.volume_mounts[path.rsplit("/", 1)[0]]
+    assert mount.source["secret"]["items"] == [
+        {"key": "dashboard-storage-url", "path": path.rsplit("/", 1)[1]}
+    ]
     service = m.one(objects, "Service", f"{m.RELEASE}-dashboard")
     assert service["spec"]["type"] == "ClusterIP"
     assert m.find(render("default", **{"dashboard.enabled": False}), "Deployment") == []
@@ -478,7 +490,7 @@ def test_rendered_config_is_a_valid_sideformer_config(preset, tmp_path):
 def test_study_creator_creates_the_study_the_workers_use():
     objects = render("default")
     (job,) = m.find(objects, "Job")
-    assert job["metadata"]["name"] == f"{m.RELEASE}-study-1"  # per revision: Job specs are immutable
+    assert re.fullmatch(rf"{m.RELEASE}-study-[0-9a-f]{{8}}", job["metadata"]["name"])  # a hash of its spec
     args, _, secret_env, mounts = m.run_spec(job, container_name="study-creator")
     worker_args = m.run_spec(tune_jobs(objects)[0]).args
     assert args[:2] == ["study", "create"]
@@ -498,6 +510,12 @@ def test_helm_test_hooks():
     ]
     assert all(t["kind"] == "Pod" and t["spec"]["restartPolicy"] == "Never" for t in tests)
     assert len(m.installed(objects)) == len(objects) - 2
+    # Day 2: the test pods are the only hooks (Helm never deletes hooks on uninstall; Argo CD maps install
+    # hooks to PreSync phases), and Argo CD skips them.
+    for backend in ("pytorchjob", "trainjob"):
+        hooks = [o for o in render("default", **{"tune.backend": backend}) if m.is_hook(o)]
+        assert hooks and all(m.is_test(h) for h in hooks)
+        assert all(h["metadata"]["annotations"]["argocd.argoproj.io/hook"] == "Skip" for h in hooks)
 
 
 def test_notes_say_how_to_open_the_dashboard_and_run_the_final_job():
@@ -672,17 +690,18 @@ def test_trainjob_backend_renders_valid_trainjobs_instead_of_pytorchjobs(preset)
     objects = render(preset, **TRAINJOB)
     workers = m.load_values(*m.VALUES_PRESETS[preset], set_values=TRAINJOB)["tune"].get("workers", 2)
     assert not m.find(objects, "PyTorchJob")
-    assert [j["metadata"]["name"] for j in trainjobs_of(objects)] == [
-        f"{m.RELEASE}-tune-{i}" for i in range(workers)
-    ]
-    (runtime,) = m.find(objects, "TrainingRuntime")
+    names = [j["metadata"]["name"] for j in trainjobs_of(objects)]
+    assert len(names) == workers
+    for i, name in enumerate(names):  # a hash of the spec ends the name (immutable fields: see day 2 below)
+        assert re.fullmatch(rf"{m.RELEASE}-tune-{i}-[0-9a-f]{{8}}", name)
+    (runtime,) = m.find(objects, "ClusterTrainingRuntime")
     for obj in objects:
         validate_object(obj, objects)  # the v2.3.0 CRDs, the torch plugin's rules, the pods strictly
         assert not pod_security_errors(obj), (obj["metadata"]["name"], pod_security_errors(obj))
     for job in trainjobs_of(objects):
         assert job["spec"]["runtimeRef"] == {
             "apiGroup": "trainer.kubeflow.org",
-            "kind": "TrainingRuntime",
+            "kind": "ClusterTrainingRuntime",
             "name": runtime["metadata"]["name"],
         }
 
@@ -729,7 +748,7 @@ def test_trainjob_restart_and_lifetime_values():
             "tune.activeDeadlineSeconds": 86400,
         },
     )
-    runtime = m.one(objects, "TrainingRuntime")
+    runtime = m.one(objects, "ClusterTrainingRuntime")
     assert runtime["spec"]["template"]["spec"]["ttlSecondsAfterFinished"] == 600
     assert tj.replicated_job(runtime)["template"]["spec"]["backoffLimit"] == 2
     assert tj.runtime_pod(runtime)["restartPolicy"] == "Never"
@@ -903,7 +922,7 @@ def test_trainjob_validators_catch_what_they_are_for():
     def broken(change) -> tuple[dict, list[dict]]:
         copied = yaml.safe_load(yaml.safe_dump(objects))
         target = next(o for o in copied if o["metadata"]["name"] == job["metadata"]["name"])
-        change(target, m.one(copied, "TrainingRuntime"))
+        change(target, m.one(copied, "ClusterTrainingRuntime"))
         return target, copied
 
     cases = {
@@ -953,7 +972,7 @@ def test_trainjob_validators_catch_what_they_are_for():
         target, copied = broken(change)
         with pytest.raises(AssertionError, match=message):
             validate_object(target, copied)
-    runtime = yaml.safe_load(yaml.safe_dump(m.one(objects, "TrainingRuntime")))
+    runtime = yaml.safe_load(yaml.safe_dump(m.one(objects, "ClusterTrainingRuntime")))
     tj.runtime_pod(runtime)["containers"][0]["volumeMount"] = []
     with pytest.raises(AssertionError, match="volumeMount"):
         validate_object(runtime)
@@ -987,18 +1006,241 @@ def test_values_schema_rejects_wrong_trainjob_values(case):
 def test_trainjob_pod_host_names_over_63_characters_fail_at_render():
     """JobSet names a TrainJob's pods <trainjob>-node-0-<i>, and that is their host name (a DNS label)."""
     values = {**TRAINJOB, "tune.workers": 2, "tune.nodesPerTrial": 2}
-    fits = "x" * 47  # x...-tune-1-node-0-1 is 63 characters
-    assert trainjobs_of(m.render_chart(m.KIND_VALUES, set_values={**values, "fullnameOverride": fits}))
-    with pytest.raises(helm.HelmRenderError, match="-tune-1-node-0-1 would be 64 characters"):
-        m.render_chart(m.KIND_VALUES, set_values={**values, "fullnameOverride": "x" * 48})
+    fits = "x" * 38  # x...-tune-1-<8-character hash>-node-0-1 is 63 characters
+    (job, _) = trainjobs_of(m.render_chart(m.KIND_VALUES, set_values={**values, "fullnameOverride": fits}))
+    assert len(f"{job['metadata']['name']}-node-0-1") == 63
+    with pytest.raises(helm.HelmRenderError, match="-node-0-1 would be 64 characters"):
+        m.render_chart(m.KIND_VALUES, set_values={**values, "fullnameOverride": "x" * 39})
 
 
 def test_trainjob_runtime_exists_before_the_trainjobs_that_name_it():
-    """Helm installs kinds it does not know alphabetically (TrainJob < TrainingRuntime), and the Trainer's
-    webhook rejects a TrainJob whose runtime does not exist: the runtime is a pre-install hook, created
-    before any installed object."""
+    """The Trainer's webhook refuses a TrainJob whose runtime it cannot find. Helm creates kinds it does not
+    know alphabetically (Helm v4's kind_sorter: ClusterTrainingRuntime < TrainJob < TrainingRuntime), and
+    Argo CD by sync wave: either way the chart's runtime, an ordinary release object (so an upgrade updates
+    or creates it and uninstall deletes it), comes first."""
     objects = render("kind", **TRAINJOB)
-    runtime = m.one(objects, "TrainingRuntime")
-    assert m.hook(runtime) == "pre-install"
-    assert not any(m.is_hook(job) for job in trainjobs_of(objects))
-    assert sorted(["TrainingRuntime", "TrainJob"]) == ["TrainJob", "TrainingRuntime"]  # Go's string order
+    runtime = m.one(objects, "ClusterTrainingRuntime")
+    assert not m.is_hook(runtime)
+    jobs = trainjobs_of(objects)
+    assert jobs and not any(m.is_hook(job) for job in jobs)
+    assert sorted(["TrainJob", "ClusterTrainingRuntime", "TrainingRuntime"]) == [
+        "ClusterTrainingRuntime",
+        "TrainJob",
+        "TrainingRuntime",
+    ]  # Go's string order, which Helm uses for kinds it does not know
+    wave = lambda o: int(o["metadata"]["annotations"]["argocd.argoproj.io/sync-wave"])  # noqa: E731
+    assert all(wave(runtime) < wave(job) for job in jobs)
+
+
+# --- day 2: upgrade, GitOps, restricted namespaces, isolation (issue 20) ----------------------------------
+
+RESTRICTED_VOLUMES = {
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+}
+
+
+def restricted_errors(obj: dict) -> list[str]:
+    """The "restricted" Pod Security Standard's rules (kubernetes.io/docs/concepts/security/pod-security-
+    standards) for every pod an object makes, the Training Operator's `init-pytorch` included."""
+    errors = []
+    specs = (
+        [m.operator_pod_spec(obj, r, 0) for r in obj["spec"]["pytorchReplicaSpecs"]]
+        if obj["kind"] == "PyTorchJob"
+        else m.pod_specs(obj)
+    )
+    for pod in specs:
+        ctx = pod.get("securityContext") or {}
+        for v in pod.get("volumes", []):
+            kinds = set(v) - {"name"}
+            if not kinds <= RESTRICTED_VOLUMES:
+                errors.append(f"volume {v['name']}: {sorted(kinds)}")
+        for c in [*pod.get("initContainers", []), *pod["containers"]]:
+            sc = c.get("securityContext") or {}
+            if sc.get("allowPrivilegeEscalation") is not False:
+                errors.append(f"{c['name']}: allowPrivilegeEscalation")
+            if (sc.get("capabilities") or {}).get("drop") != ["ALL"] or (sc.get("capabilities") or {}).get(
+                "add"
+            ):
+                errors.append(f"{c['name']}: capabilities")
+            if (
+                not sc.get("runAsNonRoot", ctx.get("runAsNonRoot"))
+                or sc.get("runAsUser", ctx.get("runAsUser", 1)) == 0
+            ):
+                errors.append(f"{c['name']}: runAsNonRoot")
+            seccomp = (sc.get("seccompProfile") or ctx.get("seccompProfile") or {}).get("type")
+            if seccomp not in ("RuntimeDefault", "Localhost"):
+                errors.append(f"{c['name']}: seccompProfile")
+    return errors
+
+
+@pytest.mark.parametrize("backend", ["pytorchjob", "trainjob"])
+@pytest.mark.parametrize("nodes", [1, 2])
+@pytest.mark.parametrize("data", ["existingClaim", "pvc", "synthetic"])
+def test_every_pod_passes_the_restricted_pod_security_standard(backend, nodes, data):
+    objects = render("default", **{"tune.backend": backend, "tune.nodesPerTrial": nodes, "data.type": data})
+    for obj in objects:
+        assert not restricted_errors(obj), (obj["kind"], obj["metadata"]["name"], restricted_errors(obj))
+
+
+def test_restricted_checker_and_the_operator_template_catch_what_they_are_for():
+    job = tune_jobs(render("default", **{"tune.nodesPerTrial": 2}))[0]
+    init = m.operator_pod_spec(job, "Worker", 0)["initContainers"][-1]
+    assert init["name"] == "init-pytorch" and init["securityContext"]["allowPrivilegeEscalation"] is False
+    assert "nslookup sideformer-tune-tune-0-master-0" in init["command"][2]  # the operator's fields filled in
+    broken = yaml.safe_load(yaml.safe_dump(job))
+    broken["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]["volumes"].append(
+        {"name": "x", "hostPath": {"path": "/"}}
+    )
+    broken["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0][
+        "securityContext"
+    ] = {}
+    errors = restricted_errors(broken)
+    assert "volume x: ['hostPath']" in errors and "pytorch: allowPrivilegeEscalation" in errors
+
+
+@pytest.mark.parametrize("section", ["data", "output"])
+@pytest.mark.parametrize("kind", ["hostPath", "nfs"])
+def test_restricted_mode_refuses_host_path_and_nfs_with_the_reason(section, kind):
+    values = {
+        f"{section}.type": kind,
+        f"{section}.hostPath.path": "/mnt/x",
+        f"{section}.nfs": {"server": "nas", "path": "/x"},
+    }
+    with pytest.raises(helm.HelmValuesError, match=f"/{section}/type"):
+        render("default", **values)
+    assert render("default", **values, **{"podSecurity.restricted": False})
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"podSecurityContext.runAsNonRoot": False},
+        {"securityContext.allowPrivilegeEscalation": True},
+        {"postgresql.securityContext.capabilities": {"drop": []}},
+        {"postgresql.podSecurityContext.seccompProfile": {"type": "Unconfined"}},
+    ],
+)
+def test_restricted_mode_refuses_security_contexts_the_standard_refuses(values):
+    with pytest.raises(helm.HelmValuesError):
+        render("default", **values)
+    assert render("default", **values, **{"podSecurity.restricted": False})
+
+
+def test_an_upgrade_that_changes_a_trainjob_replaces_it_and_an_unchanged_render_keeps_every_name():
+    """Trainer v2.3's CEL rules make spec.trainer and spec.runtimeRef immutable; a Job's template is too."""
+
+    def names(**values) -> dict[str, set[str]]:
+        objects = render("kind", **TRAINJOB, **values)
+        return {
+            k: {o["metadata"]["name"] for o in m.find(objects, k)}
+            for k in ("TrainJob", "ClusterTrainingRuntime", "Job")
+        }
+
+    first, again = names(), names()
+    assert first == again  # offline, twice: the same objects (Argo CD sees nothing to change)
+    retagged = names(**{"image.tag": "cpu-2"})
+    assert retagged["TrainJob"].isdisjoint(first["TrainJob"])
+    more_nodes = names(**{"tune.nodesPerTrial": 3})
+    assert more_nodes["TrainJob"].isdisjoint(first["TrainJob"])
+    assert more_nodes["ClusterTrainingRuntime"].isdisjoint(first["ClusterTrainingRuntime"])
+    assert names(**{"config": "search: {n_trials: 3}\n"})["Job"].isdisjoint(first["Job"])
+    assert names(**{"tune.workers": 3})["Job"] == first["Job"]  # the study Job only changes with its spec
+
+
+def test_gitops_needs_an_existing_secret_and_then_renders_none():
+    with pytest.raises(helm.HelmValuesError, match="existingSecret"):
+        render("default", **{"gitOps": True})
+    objects = render("default", **{"gitOps": True, "postgresql.auth.existingSecret": "optuna-db"})
+    assert not m.find(objects, "Secret")
+
+
+def test_network_policies_admit_only_the_release():
+    objects = render("default")
+    policies = {p["metadata"]["name"]: p["spec"] for p in m.find(objects, "NetworkPolicy")}
+    default = policies[f"{m.RELEASE}-default"]
+    assert default["policyTypes"] == ["Ingress"] and "ingress" not in default  # deny, the others open
+    database = policies[f"{m.RELEASE}-postgresql"]["ingress"]
+    assert database == [
+        {
+            "from": [{"podSelector": {"matchLabels": {"app.kubernetes.io/instance": m.RELEASE}}}],
+            "ports": [{"port": "postgresql", "protocol": "TCP"}],
+        }
+    ]
+    final = m.render_kustomize("cpu")[0]
+    labels = (
+        m.pod_specs(final)
+        and final["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["metadata"]["labels"]
+    )
+    assert labels["app.kubernetes.io/instance"] == m.RELEASE  # the final job reaches the database
+    workers = policies[f"{m.RELEASE}-tune-worker"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]
+    assert workers["app.kubernetes.io/component"] == "tune-worker"
+    assert f"{m.RELEASE}-dashboard" not in policies  # no source given: only port-forward reaches it
+    peer = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress"}}}
+    opened = render("default", **{"networkPolicy.dashboard.from": [peer]})
+    assert m.one(opened, "NetworkPolicy", f"{m.RELEASE}-dashboard")["spec"]["ingress"][0]["from"] == [peer]
+    closed = render("default", **{"networkPolicy.allowExternalEgress": False})
+    assert "Egress" in m.one(closed, "NetworkPolicy", f"{m.RELEASE}-default")["spec"]["policyTypes"]
+    assert not m.find(render("default", **{"networkPolicy.enabled": False}), "NetworkPolicy")
+
+
+def test_postgresql_has_a_disruption_budget_a_startup_probe_and_a_headless_governing_service():
+    objects = render("default", **{"postgresql.startupTimeoutSeconds": 900})
+    statefulset = m.one(objects, "StatefulSet")
+    governing = m.one(objects, "Service", statefulset["spec"]["serviceName"])
+    assert governing["spec"]["clusterIP"] == "None"
+    container = m.container(m.pod_spec(statefulset), "postgresql")
+    assert container["startupProbe"]["failureThreshold"] * container["startupProbe"]["periodSeconds"] == 900
+    assert "initialDelaySeconds" not in container["livenessProbe"]
+    pdb = m.one(objects, "PodDisruptionBudget")
+    assert pdb["spec"]["selector"]["matchLabels"] == statefulset["spec"]["selector"]["matchLabels"]
+
+
+def test_passwords_reach_postgresql_as_files_and_no_command_line_holds_a_url():
+    objects = render("default")
+    container = m.container(m.pod_spec(m.one(objects, "StatefulSet")), "postgresql")
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POSTGRES_PASSWORD_FILE"]["value"].startswith("/etc/sideformer-db/")
+    assert not any("PASSWORD" in name and not name.endswith("_FILE") for name in env)
+    for name in ("wait-for-db.sh", "test-readonly-role.sh"):
+        script = (m.CHART_DIR / "files" / name).read_text()
+        assert 'psql "$url"' not in script and "pg_env_from_url" in script
+
+
+def test_images_honour_the_global_registry_and_digests_and_small_pods_use_the_cpu_build():
+    digest, cpu_digest = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+    objects = render(
+        "default",
+        **{
+            "global.imageRegistry": "reg.example/mirror",
+            "image.digest": digest,
+            "image.cpuDigest": cpu_digest,
+        },
+    )
+    images = {
+        (o["metadata"]["name"], c["name"]): c["image"]
+        for o in objects
+        for pod in m.pod_specs(o)
+        for c in [*pod.get("initContainers", []), *pod["containers"]]
+    }
+    assert all(i.startswith("reg.example/mirror/") for i in images.values()), images
+    cpu = f"reg.example/mirror/sideformer@{cpu_digest}"
+    study_job = m.one(objects, "Job")["metadata"]["name"]
+    assert images[(study_job, "study-creator")] == cpu
+    assert images[(f"{m.RELEASE}-test-study", "study")] == cpu
+    assert images[(f"{m.RELEASE}-dashboard", "dashboard")] == cpu
+    assert images[(f"{m.RELEASE}-tune-0", "pytorch")] == f"reg.example/mirror/sideformer@{digest}"
+    assert images[(f"{m.RELEASE}-postgresql", "postgresql")] == "reg.example/mirror/postgres:17.6"
+
+
+def test_output_claim_defaults_to_read_write_once_and_chart_metadata_is_complete():
+    claim = m.one(render("default"), "PersistentVolumeClaim", f"{m.RELEASE}-output")
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    chart = yaml.safe_load((m.CHART_DIR / "Chart.yaml").read_text())
+    assert chart["sources"] and chart["maintainers"] and chart["icon"].startswith(("https://", "data:image/"))

@@ -315,3 +315,48 @@ def test_gang_scheduling_components_render_valid_jobs(component, tmp_path):
     else:
         pods = sum(spec["replicas"] for spec in job["spec"]["pytorchReplicaSpecs"].values())
         assert run_policy["schedulingPolicy"] == {"minAvailable": pods, "queue": "default"}
+
+
+def test_restricted_init_container_component_mounts_the_template_where_the_operator_reads_it(tmp_path):
+    """k8s/operator/restricted-init-container added to a Training Operator v1.9 kustomization (here a
+    stand-in of its Deployment): the template lands at the flag's default, /etc/config/initContainer.yaml."""
+    component = m.REPO / "k8s" / "operator" / "restricted-init-container"
+    shutil.copytree(component, tmp_path / "component")
+    operator = tmp_path / "operator"
+    operator.mkdir()
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "training-operator", "namespace": "kubeflow"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "training-operator"}},
+            "template": {
+                "metadata": {"labels": {"app": "training-operator"}},
+                "spec": {
+                    "containers": [{"name": "training-operator", "image": "kubeflow/training-operator:v1-9"}]
+                },
+            },
+        },
+    }
+    (operator / "deployment.yaml").write_text(yaml.safe_dump(deployment))
+    (operator / "kustomization.yaml").write_text(
+        yaml.safe_dump({"resources": ["deployment.yaml"], "components": ["../component"]})
+    )
+    rendered = subprocess.run(
+        [*m.kustomize_command(), str(operator)], capture_output=True, text=True, timeout=120, check=True
+    )
+    objects = [d for d in yaml.safe_load_all(rendered.stdout) if d]
+    config_map = m.one(objects, "ConfigMap")
+    assert config_map["data"]["initContainer.yaml"] == (component / "initContainer.yaml").read_text()
+    pod = m.one(objects, "Deployment")["spec"]["template"]["spec"]
+    (mount,) = pod["containers"][0]["volumeMounts"]
+    assert mount["mountPath"] == "/etc/config"  # --pytorch-init-container-template-file's default folder
+    (volume,) = pod["volumes"]
+    assert volume["configMap"]["name"] == config_map["metadata"]["name"]
+    # The template, filled in as the operator fills it, is a container the restricted standard admits.
+    (init,) = m.operator_init_containers(
+        {"metadata": {"name": "j"}, "spec": {"pytorchReplicaSpecs": {"Master": {}, "Worker": {}}}}, "Worker"
+    )
+    assert init["securityContext"]["runAsNonRoot"] and init["securityContext"]["capabilities"]["drop"] == [
+        "ALL"
+    ]

@@ -139,7 +139,8 @@ def test_kind_script_fails_fast_on_a_failed_job(tmp_path, job, backend, kind):
 def test_kind_script_trainer_v2_mode_runs_the_same_flow_with_trainjobs(tmp_path):
     """BACKEND=trainjob: Trainer v2.3.0 and its JobSet instead of the Training Operator, the chart with
     tune.backend=trainjob, TrainJobs waited for Complete, the final TrainJob from k8s/overlays/trainjob-cpu,
-    and the TrainingRuntime that Helm leaves behind (a pre-install hook) deleted at the end."""
+    and nothing of the release left after `helm uninstall` (its ClusterTrainingRuntime is an ordinary
+    release object) but the kept database Secret, which the script deletes."""
     run, calls, folder = run_script(tmp_path, BACKEND="trainjob")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     steps = [
@@ -170,16 +171,18 @@ def test_kind_script_trainer_v2_mode_runs_the_same_flow_with_trainjobs(tmp_path)
         index_of(calls, "kubectl", "delete -k", "k8s/overlays/trainjob-cpu"),
         index_of(calls, "helm uninstall sideformer-tune", "--wait"),
         index_of(calls, "kubectl", "delete secret sideformer-tune-db"),
-        index_of(calls, "kubectl", "delete trainingruntime sideformer-tune-tune"),
-        index_of(calls, "kubectl", "get all,pvc,secrets,configmaps,trainjobs,trainingruntimes,jobsets,jobs"),
+        index_of(
+            calls, "kubectl", "get all,pvc,secrets,configmaps,trainjobs,clustertrainingruntimes,jobsets,jobs"
+        ),
         index_of(calls, "kind delete cluster --name sideformer-e2e"),
     ]
     assert steps == sorted(steps), calls
     assert not any("training-operator" in c or "pytorchjob" in c for c in calls)
     assert "kind e2e passed" in run.stdout
-    # The chart's runtime that the script deletes is the one the chart renders for these values.
+    assert not any("delete trainingruntime" in c or "delete clustertrainingruntime" in c for c in calls)
+    # The chart's runtime, which the leftover check lists by kind, is an ordinary release object.
     chart = m.render_chart(m.KIND_VALUES, set_values={"tune.backend": "trainjob"})
-    assert m.one(chart, "TrainingRuntime", "sideformer-tune-tune")
+    assert not m.is_hook(m.one(chart, "ClusterTrainingRuntime"))
     # The webhook probe is a TrainingRuntime the v2.3.0 schema and the torch plugin accept.
     (probe,) = [yaml.safe_load(p.read_text()) for p in folder.glob("dry-run-*.yaml")]
     validate_object(probe)

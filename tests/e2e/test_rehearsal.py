@@ -19,6 +19,7 @@ differ from the containers rendered (the operator's `init-pytorch` on Worker pod
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import secrets
@@ -66,7 +67,7 @@ class Backend:
 BACKENDS = {
     "pytorchjob": Backend("pytorchjob", "cpu", f"{KILLED_JOB}-master-0", "pytorch", "elasticPolicy"),
     # TrainJob (Trainer v2.3): its torch plugin has no elastic policy; the CLI sets the same one up.
-    "trainjob": Backend(
+    "trainjob": Backend(  # killed: <KILLED_JOB>-<hash>-node-0-0, found in the rendered chart
         "trainjob", "trainjob-cpu", f"{KILLED_JOB}-node-0-0", "node", "SIDEFORMER_ELASTIC_MAX_RESTARTS"
     ),
 }
@@ -324,6 +325,11 @@ def rehearsal(
 ) -> Iterator[Rehearsal]:
     backend = BACKENDS[request.param]
     chart = chart_objects(**{"tune.backend": backend.name})
+    if backend.name == "trainjob":  # a TrainJob's name ends in a hash of its spec
+        (job,) = [
+            o for o in chart if o["kind"] == "TrainJob" and o["metadata"]["name"].startswith(f"{KILLED_JOB}-")
+        ]
+        backend = dataclasses.replace(backend, killed=f"{job['metadata']['name']}-node-0-0")
     final = m.render_kustomize(backend.final_overlay)
     network = Network.create()
     cluster = Cluster(chart + final, tmp_path_factory.mktemp(f"rehearsal-{backend.name}"), network)

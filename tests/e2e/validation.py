@@ -182,7 +182,8 @@ def pod_security_errors(obj: dict[str, Any], writable_root: set[str] = frozenset
             if name not in writable_root and sc.get("readOnlyRootFilesystem") is not True:
                 errors.append(f"{name}: readOnlyRootFilesystem must be true")
             for var in c.get("env", []):
-                if SECRET_NAME.search(var["name"]) and "valueFrom" not in var:
+                is_path = var["name"].endswith("_FILE") and str(var.get("value", "")).startswith("/")
+                if SECRET_NAME.search(var["name"]) and "valueFrom" not in var and not is_path:
                     errors.append(
                         f"{name}: {var['name']} is a plain value; secrets come through secretKeyRef"
                     )

@@ -52,13 +52,45 @@ app.kubernetes.io/part-of: sideformer
 {{- end }}
 {{- end }}
 
+{{/* An image reference: [global.imageRegistry/]repository, then @digest when set, else :tag; argument:
+dict "root" $ "repository" .. "tag" .. "digest" .. */}}
+{{- define "sideformer.imageRef" -}}
+{{- $ref := .repository -}}
+{{- with .root.Values.global.imageRegistry }}
+{{- $ref = printf "%s/%s" (trimSuffix "/" .) $ref -}}
+{{- end }}
+{{- if .digest }}{{ printf "%s@%s" $ref .digest }}{{ else }}{{ printf "%s:%s" $ref (toString .tag) }}{{ end }}
+{{- end }}
+
+{{/* The training image (CUDA build by default). */}}
 {{- define "sideformer.image" -}}
-{{- printf "%s:%s" .Values.image.repository .Values.image.tag }}
+{{- include "sideformer.imageRef" (dict "root" . "repository" .Values.image.repository "tag" .Values.image.tag "digest" .Values.image.digest) }}
+{{- end }}
+
+{{/* The CPU build of the SideFormer image, for pods that need no GPU (study creator, helm test). */}}
+{{- define "sideformer.cpuImage" -}}
+{{- include "sideformer.imageRef" (dict "root" . "repository" .Values.image.repository "tag" .Values.image.cpuTag "digest" .Values.image.cpuDigest) }}
+{{- end }}
+
+{{/* The dashboard's image: its own repository/tag when set, else the CPU build. */}}
+{{- define "sideformer.dashboardImage" -}}
+{{- $d := .Values.dashboard.image -}}
+{{- if or $d.repository $d.tag }}
+{{- include "sideformer.imageRef" (dict "root" . "repository" (default .Values.image.repository $d.repository) "tag" (default .Values.image.cpuTag $d.tag) "digest" "") }}
+{{- else }}
+{{- include "sideformer.cpuImage" . }}
+{{- end }}
 {{- end }}
 
 {{- define "sideformer.postgresql.image" -}}
-{{- printf "%s:%s" .Values.postgresql.image.repository .Values.postgresql.image.tag }}
+{{- include "sideformer.imageRef" (dict "root" . "repository" .Values.postgresql.image.repository "tag" .Values.postgresql.image.tag "digest" .Values.postgresql.image.digest) }}
 {{- end }}
+
+{{/* A short content hash of a value (its YAML), for names that must change when an immutable spec does. */}}
+{{- define "sideformer.hash" -}}
+{{- toYaml . | sha256sum | trunc 8 }}
+{{- end }}
+
 
 {{- define "sideformer.studyOutput" -}}
 {{- printf "/output/%s" .Values.study.name }}
@@ -340,14 +372,14 @@ spec:
 {{/*
 The longest pod host name of the tune workers must be a DNS label (at most 63 characters) or the pods never
 start: the Training Operator names pods and Services <job>-master-0 / <job>-worker-<i>, JobSet names them
-<trainjob>-node-0-<i> (and uses that as the host name). Fail at render, with the way out.
+<trainjob>-node-0-<i> (and uses that as the host name; a TrainJob's name ends in an 8-character hash). Fail at render, with the way out.
 */}}
 {{- define "sideformer.checkPodNames" -}}
 {{- $fullname := include "sideformer.fullname" . -}}
 {{- $lastJob := sub (int .Values.tune.workers) 1 -}}
 {{- $longest := "" -}}
 {{- if eq .Values.tune.backend "trainjob" }}
-{{- $longest = printf "%s-tune-%d-node-0-%d" $fullname $lastJob (sub (int .Values.tune.nodesPerTrial) 1) -}}
+{{- $longest = printf "%s-tune-%d-12345678-node-0-%d" $fullname $lastJob (sub (int .Values.tune.nodesPerTrial) 1) -}}
 {{- else }}
 {{- $longest = printf "%s-tune-%d-worker-%d" $fullname $lastJob (max 0 (sub (int .Values.tune.nodesPerTrial) 2)) -}}
 {{- end }}
