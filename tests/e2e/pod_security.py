@@ -5,18 +5,16 @@ PyPI (Kubernetes' own is Go, k8s.io/pod-security-admission), so every control of
 function each, named as the page names it.
 
 `pods_of` gives every pod an object makes, including what operators add: the Training Operator v1.9's
-`init-pytorch` init container on PyTorchJob Worker pods (its default template, or the template file given to
-its `--pytorch-init-container-template-file` flag), and a TrainJob's pods from its runtime.
+`init-pytorch` init container on PyTorchJob Worker pods (as the project's template for its
+`--pytorch-init-container-template-file` flag makes it, or its built-in one), and a TrainJob's pods from
+its runtime.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, NamedTuple
-
-import yaml
 
 from tests.e2e import manifests as m
 from tests.e2e import trainjobs as tj
@@ -235,34 +233,14 @@ def violations(pod: Pod, level: str = "restricted") -> list[str]:
 # --- the pods each object makes --------------------------------------------------------------------------
 
 
-def project_init_template() -> Path | None:
-    """The init-container template the project gives the Training Operator for restricted namespaces
-    (a file under the chart's repository's k8s/ holding the operator's {{.InitContainerImage}} field), or
-    None."""
-    from tests.e2e.helm_release import chart_path
-
-    for path in sorted((chart_path().parents[1] / "k8s").rglob("*.yaml")):
-        if "{{.InitContainerImage}}" in path.read_text():
-            return path
-    return None
-
-
-def operator_init_template(path: Path) -> Callable[[dict[str, Any], str], list[dict[str, Any]]]:
-    """The init containers from a `--pytorch-init-container-template-file` (a Go template of a container
-    list; the operator fills in .InitContainerImage, .MaxTries and .MasterAddr)."""
-    text = path.read_text()
-
-    def make(job: dict[str, Any], replica: str) -> list[dict[str, Any]]:
-        if replica != "Worker" or "Master" not in job["spec"]["pytorchReplicaSpecs"]:
-            return []
-        filled = (
-            text.replace("{{.InitContainerImage}}", m.OPERATOR_INIT_IMAGE)
-            .replace("{{.MaxTries}}", str(m.OPERATOR_INIT_MAX_TRIES))
-            .replace("{{.MasterAddr}}", f"{job['metadata']['name']}-master-0")
-        )
-        return yaml.safe_load(filled)
-
-    return make
+def builtin_init_containers(job: dict[str, Any], replica: str) -> list[dict[str, Any]]:
+    """`init-pytorch` from the Training Operator v1.9's built-in template: the project's template for it
+    (k8s/operator/restricted-init-container, manifests.operator_init_containers) less the securityContext
+    it adds."""
+    containers = m.operator_init_containers(job, replica)
+    for c in containers:
+        c.pop("securityContext", None)
+    return containers
 
 
 def pods_of(

@@ -1119,7 +1119,7 @@ def test_restricted_mode_refuses_host_path_and_nfs_with_the_reason(section, kind
         f"{section}.hostPath.path": "/mnt/x",
         f"{section}.nfs": {"server": "nas", "path": "/x"},
     }
-    with pytest.raises(helm.HelmValuesError, match=f"/{section}/type"):
+    with pytest.raises(helm.HelmRenderError, match=rf"{section}\.type={kind}: .*restricted Pod Security"):
         render("default", **values)
     assert render("default", **values, **{"podSecurity.restricted": False})
 
