@@ -98,8 +98,8 @@ def _cell(text: str) -> str:
 def table(params: list[Parameter]) -> str:
     rows = ["| Key | Type | Default | Description |", "|-----|------|---------|-------------|"]
     for p in params:
-        default = p.default if len(p.default) <= 80 else "see values.yaml"
-        rows.append(f"| `{p.key}` | {p.type} | `{_cell(default)}` | {_cell(p.description)} |")
+        default = f"`{_cell(p.default)}`" if len(p.default) <= 80 else "see values.yaml"
+        rows.append(f"| `{p.key}` | {p.type} | {default} | {_cell(p.description)} |")
     return "\n".join(rows)
 
 

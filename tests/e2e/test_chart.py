@@ -1036,6 +1036,16 @@ def test_trainjob_runtime_exists_before_the_trainjobs_that_name_it():
     ]  # Go's string order, which Helm uses for kinds it does not know
     wave = lambda o: int(o["metadata"]["annotations"]["argocd.argoproj.io/sync-wave"])  # noqa: E731
     assert all(wave(runtime) < wave(job) for job in jobs)
+    # Namespaced, for installers without cluster-scoped permissions: ordered by Argo CD's waves only.
+    objects = render("kind", **TRAINJOB, **{"tune.trainJob.runtimeKind": "TrainingRuntime"})
+    runtime = m.one(objects, "TrainingRuntime")
+    assert not m.find(objects, "ClusterTrainingRuntime")
+    assert re.fullmatch(rf"{m.RELEASE}-tune-[0-9a-f]{{8}}", runtime["metadata"]["name"])
+    for job in trainjobs_of(objects):
+        validate_object(job, objects)
+        assert job["spec"]["runtimeRef"]["kind"] == "TrainingRuntime"
+        assert job["spec"]["runtimeRef"]["name"] == runtime["metadata"]["name"]
+        assert wave(runtime) < wave(job)
 
 
 # --- day 2: upgrade, GitOps, restricted namespaces, isolation (issue 20) ----------------------------------
@@ -1052,15 +1062,16 @@ RESTRICTED_VOLUMES = {
 }
 
 
-def restricted_errors(obj: dict) -> list[str]:
+def restricted_errors(obj: dict, objects: list[dict] = ()) -> list[str]:
     """The "restricted" Pod Security Standard's rules (kubernetes.io/docs/concepts/security/pod-security-
     standards) for every pod an object makes, the Training Operator's `init-pytorch` included."""
     errors = []
-    specs = (
-        [m.operator_pod_spec(obj, r, 0) for r in obj["spec"]["pytorchReplicaSpecs"]]
-        if obj["kind"] == "PyTorchJob"
-        else m.pod_specs(obj)
-    )
+    if obj["kind"] == "PyTorchJob":  # with what the operator adds
+        specs = [m.operator_pod_spec(obj, r, 0) for r in obj["spec"]["pytorchReplicaSpecs"]]
+    elif obj["kind"] == "TrainJob":  # its runtime's pod with spec.trainer and the runtimePatches applied
+        specs = [tj.trainjob_pod(obj, list(objects))]
+    else:
+        specs = m.pod_specs(obj)
     for pod in specs:
         ctx = pod.get("securityContext") or {}
         for v in pod.get("volumes", []):
@@ -1091,8 +1102,18 @@ def restricted_errors(obj: dict) -> list[str]:
 @pytest.mark.parametrize("data", ["existingClaim", "pvc", "synthetic"])
 def test_every_pod_passes_the_restricted_pod_security_standard(backend, nodes, data):
     objects = render("default", **{"tune.backend": backend, "tune.nodesPerTrial": nodes, "data.type": data})
+    if backend == "trainjob" and data != "synthetic":  # also patching the installed torch-distributed runtime
+        objects += render(
+            "default",
+            **TRAINJOB,
+            **{"tune.nodesPerTrial": nodes, "data.type": data, "tune.trainJob.createRuntime": False},
+        )
+    checked = 0
     for obj in objects:
-        assert not restricted_errors(obj), (obj["kind"], obj["metadata"]["name"], restricted_errors(obj))
+        errors = restricted_errors(obj, objects)
+        assert not errors, (obj["kind"], obj["metadata"]["name"], errors)
+        checked += obj["kind"] in ("PyTorchJob", "TrainJob")
+    assert checked >= 2
 
 
 def test_restricted_checker_and_the_operator_template_catch_what_they_are_for():
@@ -1250,3 +1271,49 @@ def test_output_claim_defaults_to_read_write_once_and_chart_metadata_is_complete
     assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
     chart = yaml.safe_load((m.CHART_DIR / "Chart.yaml").read_text())
     assert chart["sources"] and chart["maintainers"] and chart["icon"].startswith(("https://", "data:image/"))
+
+
+def test_dashboard_wrapper_serves_the_study_and_keeps_the_url_off_its_command_line(tmp_path):
+    """files/dashboard.py, run with the rendered command's script and arguments: optuna-dashboard answers
+    with the study, and the process's command line (what `ps` shows every user) holds no storage URL."""
+    import socket
+    import time
+    import urllib.request
+
+    import optuna
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    optuna.create_study(study_name="visible", storage=url)
+    (url_file := tmp_path / "storage-url").write_text(url + "\n")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    container = m.container(m.pod_spec(m.one(render("default"), "Deployment")), "dashboard")
+    assert container["command"] == ["tini", "--", "python", "/etc/sideformer-dashboard/dashboard.py"]
+    args = [str(port) if a == "8080" else "127.0.0.1" if a == "0.0.0.0" else a for a in container["args"]]
+    env = {**os.environ, "OPTUNA_STORAGE_FILE": str(url_file)}
+    script = m.CHART_DIR / "files" / "dashboard.py"
+    proc = subprocess.Popen([sys.executable, str(script), *args], env=env, stderr=subprocess.PIPE)
+    try:
+        deadline, body = time.monotonic() + 60, ""
+        while time.monotonic() < deadline and not body:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as r:
+                    body = r.read().decode()
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read().decode()
+                time.sleep(0.5)
+        assert '"visible"' in body
+        cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().decode()
+        assert "sqlite" not in cmdline and str(tmp_path / "study.db") not in cmdline
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    missing = subprocess.run(
+        [sys.executable, str(script)],
+        env={**env, "OPTUNA_STORAGE_FILE": str(tmp_path / "nope")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert missing.returncode == 2 and "cannot read the storage URL" in missing.stderr

@@ -93,7 +93,7 @@ def test_cpu_overlay_is_the_same_job_on_cpu(overlays):
 def test_cpu_overlay_trains_on_the_data_the_kind_search_used(overlays, chart_kind):
     """The final run must see the dataset the search saw: the same `sideformer synth` command line."""
     (cpu,) = overlays["cpu"]
-    tune = m.component(chart_kind, "tune-worker")[0]
+    tune = m.find(m.component(chart_kind, "tune-worker"), "PyTorchJob")[0]
     chart_synth = m.run_spec(tune, container_name="synth-data")
     for replica in ("Master", "Worker"):
         synth = m.run_spec(cpu, replica, "synth-data")
@@ -107,7 +107,7 @@ def test_final_job_uses_the_objects_the_chart_creates(source, overlays, chart_de
     chart = chart_kind if source == "cpu" else chart_default
     study = m.load_values(*(m.VALUES_PRESETS["kind"] if source == "cpu" else ())).get("study", {}).get("name")
     study = study or "sideformer"
-    tune = m.component(chart, "tune-worker")[0]
+    tune = m.find(m.component(chart, "tune-worker"), "PyTorchJob")[0]
     tune_spec = m.run_spec(tune)
     for replica in ("Master", "Worker"):
         args, env, secret_env, mounts = m.run_spec(job, replica)

@@ -85,9 +85,17 @@ def test_a_rendered_container_becomes_its_docker_run(tmp_path: Path):
     (dashboard,) = pods_of(m.one(chart, "Deployment"))
     container = cluster.container(dashboard, dashboard.spec["containers"][0], init=False)
     url = m.secret_data(chart, "sideformer-tune-db")["dashboard-storage-url"]
-    assert container.entrypoint == "tini" and container.args[:2] == ["--", "optuna-dashboard"]
-    assert container.args[-1] == url  # $(OPTUNA_STORAGE) expanded from the secretKeyRef
-    assert container.env["OPTUNA_STORAGE"] == url and url in container.redact
+    assert container.entrypoint == "tini" and container.args[:3] == [
+        "--",
+        "python",
+        "/etc/sideformer-dashboard/dashboard.py",
+    ]
+    assert not any(url in a for a in container.args)  # the URL is a file, never on the command line
+    assert "OPTUNA_STORAGE" not in container.env and url in container.redact
+    path = container.env["OPTUNA_STORAGE_FILE"]
+    (mount,) = [s for s in container.extra_mounts if f"destination={path.rsplit('/', 1)[0]}" in s]
+    url_file = Path(mount.split(",")[1].split("=")[1]) / path.rsplit("/", 1)[1]
+    assert url_file.read_text() == url and url_file.stat().st_mode & 0o777 == 0o440
     assert container.user == "1000:1000" and container.group_add == [1000]
     assert container.read_only_root and container.no_new_privileges and container.cap_drop == ["ALL"]
     assert container.memory == quantity("512Mi") and container.restart == "always"
