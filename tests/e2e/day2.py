@@ -191,15 +191,30 @@ def upgrade_from_flow(backend: str, old_chart: Path) -> FlowResult:
     return flow
 
 
-def argo_flow(backend: str) -> FlowResult:
+ARGO_FLOWS: dict[str, dict[str, Any]] = {
+    "pytorchjob": {"tune.backend": "pytorchjob"},
+    "trainjob": {"tune.backend": "trainjob"},
+    # A namespaced runtime (installers without cluster-scoped rights): ordered before its TrainJobs by waves.
+    "trainjob, namespaced runtime": {
+        "tune.backend": "trainjob",
+        "tune.trainJob.runtimeKind": "TrainingRuntime",
+    },
+}
+
+
+def argo_flow(name: str) -> FlowResult:
+    """sync -> sync again, nothing changed -> sync another config, image tag and node count -> delete."""
+    base = {**ARGO_FLOWS[name], **GITOPS}
     cluster = ApiServer(objects=[GITOPS_SECRET])  # made once by the user (Sealed/External Secrets)
     app = Application(m.RELEASE, cluster)
-    flow = FlowResult(f"Argo CD, tune.backend={backend}")
-    first = values(backend, **GITOPS)
+    flow = FlowResult(f"Argo CD, {name}")
+    first = m.load_values(set_values=base)
     default_config = m.load_values(m.CHART_DIR / "values.yaml")["config"]
     config = default_config.replace("n_trials: 40", "n_trials: 60")
     assert config != default_config, "values.yaml's config no longer holds n_trials: 40"
-    changed = values(backend, **GITOPS, **{"image.tag": NEXT_TAG, "tune.nodesPerTrial": 2, "config": config})
+    changed = m.load_values(
+        set_values={**base, "image.tag": NEXT_TAG, "tune.nodesPerTrial": 2, "config": config}
+    )
     snapshots = []
     for vals in (first, first, changed):
         report = app.sync(vals)

@@ -4,12 +4,14 @@ manifest rendered by Helm's own engine (helm-python-sdk), as Helm v4 documents i
 - Install: `pre-install` hooks, then the release's objects, then `post-install` hooks. Hooks run in order
   of `helm.sh/hook-weight`, then name; a hook's `helm.sh/hook-delete-policy` (default before-hook-creation)
   deletes the previous object of its name first and, with hook-succeeded, the hook itself once done (every
-  hook is taken to succeed). Objects are created kind by kind in Helm's InstallOrder (kinds Helm does not
-  know come last, alphabetically), each group before the next.
+  hook is taken to succeed). An object that exists already stops the install before anything is made,
+  unless its meta.helm.sh annotations name this release (Helm adopts it). Objects are created kind by
+  kind in Helm's InstallOrder (kinds Helm does not know come last, alphabetically), each group before the
+  next; a refused object does not stop the others, the release is failed and post-install hooks do not run.
 - Upgrade: `pre-upgrade` hooks, then each rendered object created or updated (an existing object not of
   this release is refused unless its meta.helm.sh annotations name the release: Helm's adoption rule),
   then the objects of the previous revision no longer rendered deleted unless `helm.sh/resource-policy:
-  keep`; the first refused write fails the release. Then `post-upgrade` hooks.
+  keep`; the first refused write stops the upgrade and fails the release. Then `post-upgrade` hooks.
 - Uninstall: the release's objects deleted in reverse order, except `keep`. Hook objects are not part of
   the release: Helm leaves them where they are ("Hook resources are not managed with corresponding
   releases", helm.sh/docs/topics/charts_hooks).
@@ -238,10 +240,18 @@ class Helm:
         objects = self.render(values, release, chart=chart)
         regular = [o for o in objects if not m.is_hook(o)]
         try:
+            for obj in regular:  # before anything is created: a foreign object stops the install
+                self._check_ownership(obj, release, existing_release=None)
             self._hooks(objects, "pre-install", report)
+            # Helm's Create goes kind group by kind group and tries every object, collecting the errors
+            # (kube.Client.Create: perform/batchPerform): a refused object does not stop the later ones.
             for obj in self._ordered(regular):
-                self._create_or_adopt(obj, release, report, existing_release=None)
-            self._hooks(objects, "post-install", report)
+                try:
+                    self._create_or_adopt(obj, release, report, existing_release=None)
+                except ApiError as error:
+                    report.errors.append(error)
+            if not report.errors:
+                self._hooks(objects, "post-install", report)
         except ApiError as error:
             report.errors.append(error)
         self.releases[release] = Release(
@@ -321,6 +331,24 @@ class Helm:
                 self.cluster.delete(key)
                 report.add(key, "hook deleted", "hook-succeeded")
 
+    def _check_ownership(self, obj: dict[str, Any], release: str, existing_release: Release | None) -> None:
+        """Helm's adoption rule: an object that exists but is not in the release's last manifest must carry
+        meta.helm.sh annotations naming this release and namespace."""
+        key = self.cluster.key(obj)
+        live = self.cluster.get(key)
+        if live is None or (
+            existing_release is not None and key in {self.cluster.key(o) for o in existing_release.manifest}
+        ):
+            return
+        owner = (annotations(live).get(RELEASE_NAME), annotations(live).get(RELEASE_NAMESPACE))
+        if owner != (release, self.namespace):
+            raise ApiError(
+                "Conflict",
+                key,
+                "exists and cannot be imported into the current release: invalid ownership metadata "
+                f"({RELEASE_NAME}/{RELEASE_NAMESPACE} {owner}, expected {(release, self.namespace)})",
+            )
+
     def _create_or_adopt(
         self, obj: dict[str, Any], release: str, report: StepReport, existing_release: Release | None
     ) -> None:
@@ -334,14 +362,7 @@ class Helm:
             self.cluster.create(obj)
             report.add(key, "created")
             return
-        owner = (annotations(live).get(RELEASE_NAME), annotations(live).get(RELEASE_NAMESPACE))
-        if not ours and owner != (release, self.namespace):
-            raise ApiError(
-                "Conflict",
-                key,
-                "exists and cannot be imported into the current release: invalid ownership metadata "
-                f"({RELEASE_NAME}/{RELEASE_NAMESPACE} {owner}, expected {(release, self.namespace)})",
-            )
+        self._check_ownership(obj, release, existing_release)
         changed = self.cluster.update(obj)
         report.add(key, ("updated" if changed else "unchanged") if ours else "adopted")
 

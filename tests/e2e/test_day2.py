@@ -112,7 +112,7 @@ def test_helm_upgrade_of_a_release_made_by_the_previous_chart(backend, previous_
 # --- Argo CD: helm template, hooks as sync phases, two syncs ----------------------------------------------
 
 
-@pytest.fixture(scope="module", params=BACKENDS)
+@pytest.fixture(scope="module", params=list(day2.ARGO_FLOWS))
 def argo_flow(request) -> day2.FlowResult:
     flow = day2.argo_flow(request.param)
     print(flow.table())
@@ -133,6 +133,19 @@ def test_argo_sync_of_a_changed_config_image_and_node_count(argo_flow):
     assert not change.errors, [str(e) for e in change.errors]
     assert not argo_flow.unplanned(), argo_flow.unplanned()
     assert not kept_only(argo_flow), kept_only(argo_flow)
+
+
+def test_a_namespaced_runtime_needs_argo_waves_or_a_second_helm_upgrade():
+    """As the chart documents tune.trainJob.runtimeKind=TrainingRuntime: Helm creates kinds it does not know
+    alphabetically, TrainJob before TrainingRuntime, and the Trainer's webhook refuses a TrainJob whose
+    runtime does not exist yet; the upgrade that follows finds the runtime there."""
+    cluster = ApiServer()
+    h = Helm(cluster)
+    vals = day2.values("trainjob", **{"tune.trainJob.runtimeKind": "TrainingRuntime"})
+    install = h.install(m.RELEASE, vals)
+    assert {(e.key.kind, e.reason) for e in install.errors} == {("TrainJob", "Forbidden")}, install.errors
+    assert "TrainingRuntime" in {k.kind for k in install.keys("created")}  # created after the refusals
+    assert not h.upgrade(m.RELEASE, vals).errors
 
 
 def test_gitops_without_an_existing_secret_is_refused_with_the_reason():
