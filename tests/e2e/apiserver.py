@@ -112,6 +112,7 @@ def cel_errors(schema: dict[str, Any], new: Any, old: Any = _ABSENT, path: str =
     """Messages of the x-kubernetes-validations rules `new` breaks (against `old` for transition rules),
     walking the schema as the API server does; each message is prefixed with the field path."""
     import celpy
+    from celpy import celtypes
 
     errors = []
     for rule in schema.get("x-kubernetes-validations") or []:
@@ -122,7 +123,7 @@ def cel_errors(schema: dict[str, Any], new: Any, old: Any = _ABSENT, path: str =
         if transition:
             activation["oldSelf"] = celpy.json_to_cel(None if old is _ABSENT else old)
         result = _cel_program(rule["rule"]).evaluate(activation)
-        if not (isinstance(result, bool) or type(result).__name__ == "BoolType"):
+        if not isinstance(result, (bool, celtypes.BoolType)):
             errors.append(f"{path or '<root>'}: rule {rule['rule']!r} could not be evaluated: {result}")
         elif not result:
             errors.append(f"{path or '<root>'}: Invalid value: {rule.get('message') or rule['rule']}")
@@ -174,6 +175,25 @@ def _quantity_bytes(text: str) -> float:
     return float(text)
 
 
+def _without(spec: dict[str, Any], *fields: str) -> dict[str, Any]:
+    return {k: v for k, v in spec.items() if k not in fields}
+
+
+def _requested_storage(spec: dict[str, Any]) -> float:
+    return _quantity_bytes(((spec.get("resources") or {}).get("requests") or {}).get("storage", 0))
+
+
+def _without_images(spec: dict[str, Any]) -> dict[str, Any]:
+    def blank(containers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{**c, "image": ""} for c in containers]
+
+    return {
+        **spec,
+        "containers": blank(spec.get("containers", [])),
+        "initContainers": blank(spec.get("initContainers", [])),
+    }
+
+
 def core_update_errors(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """What the API server's update validation of a core kind refuses, in its words."""
     kind, before, after = new["kind"], old.get("spec") or {}, new.get("spec") or {}
@@ -206,17 +226,14 @@ def core_update_errors(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         return []
     if kind == "PersistentVolumeClaim":
         errors = []
-        fixed_before = {
-            k: v for k, v in before.items() if k not in ("resources", "volumeAttributesClassName")
-        }
-        fixed_after = {k: v for k, v in after.items() if k not in ("resources", "volumeAttributesClassName")}
-        if fixed_before != fixed_after:
+        if _without(before, "resources", "volumeAttributesClassName") != _without(
+            after, "resources", "volumeAttributesClassName"
+        ):
             errors.append(
                 "spec: Forbidden: spec is immutable after creation except resources.requests and "
                 "volumeAttributesClassName for bound claims"
             )
-        size = lambda s: _quantity_bytes(((s.get("resources") or {}).get("requests") or {}).get("storage", 0))  # noqa: E731
-        if size(after) < size(before):
+        if _requested_storage(after) < _requested_storage(before):
             errors.append(
                 "spec.resources.requests.storage: Forbidden: field can not be less than previous value"
             )
@@ -226,16 +243,8 @@ def core_update_errors(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         if any(old.get(f) != new.get(f) for f in fields):
             return ["data: Forbidden: field is immutable when `immutable` is set"]
         return []
-    if kind == "Pod":
-        strip = lambda s: {  # noqa: E731
-            **s,
-            "containers": [{**c, "image": ""} for c in s.get("containers", [])],
-            "initContainers": [{**c, "image": ""} for c in s.get("initContainers", [])],
-        }
-        if strip(before) != strip(after):
-            return [
-                "spec: Forbidden: pod updates may not change fields other than the images (and a few more)"
-            ]
+    if kind == "Pod" and _without_images(before) != _without_images(after):
+        return ["spec: Forbidden: pod updates may not change fields other than the images (and a few more)"]
     return []
 
 
@@ -290,7 +299,8 @@ class ApiServer:
                 detail = " (object is being deleted)" if key in self.terminating else ""
                 raise ApiError("AlreadyExists", key, f"already exists{detail}")
             stored = copy.deepcopy(obj)
-            stored["metadata"].setdefault("namespace", key.namespace) if key.namespace else None
+            if key.namespace:
+                stored["metadata"].setdefault("namespace", key.namespace)
             self._admit(key, stored, None)
             if obj["kind"] == "Service" and "clusterIP" not in stored.get("spec", {}):
                 stored["spec"]["clusterIP"] = f"10.96.0.{next(self._ips)}"

@@ -71,6 +71,7 @@ class FlowResult:
     steps: list[StepReport] = field(default_factory=list)
     orphans: dict[str, list[Key]] = field(default_factory=dict)  # step -> orphaned objects after it
     final: list[Key] = field(default_factory=list)  # what the cluster holds at the end
+    second_sync_changes: list[str] = field(default_factory=list)  # Argo CD: what a repeated sync changed
 
     @property
     def errors(self) -> list[ApiError]:
@@ -225,8 +226,7 @@ def argo_flow(name: str) -> FlowResult:
         )
         if orphans := _orphans(cluster, app.name, cluster.namespace, app.render(vals)):
             flow.orphans[report.step] = orphans
-    flow.same_after_second_sync = snapshots[0] == snapshots[1]  # type: ignore[attr-defined]
-    flow.second_sync_changes = _differences(snapshots[0], snapshots[1])  # type: ignore[attr-defined]
+    flow.second_sync_changes = _differences(snapshots[0], snapshots[1])
     report = app.delete(changed)
     report.step = f"{len(flow.steps) + 1}. {report.step}"
     flow.steps.append(report)
