@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from tests.e2e import manifests as m
@@ -70,13 +71,14 @@ class Application:
         self.tracked: dict[Key, dict[str, Any]] = {}
         self.syncs = 0
 
-    def render(self, values: dict[str, Any]) -> list[dict[str, Any]]:
-        return render(values, self.name, self.cluster.namespace)  # `helm template`: no cluster, revision 1
+    def render(self, values: dict[str, Any], chart: Path | None = None) -> list[dict[str, Any]]:
+        # `helm template`: no cluster, revision 1
+        return render(values, self.name, self.cluster.namespace, chart=chart)
 
-    def sync(self, values: dict[str, Any], prune: bool = True) -> StepReport:
+    def sync(self, values: dict[str, Any], prune: bool = True, chart: Path | None = None) -> StepReport:
         self.syncs += 1
         report = StepReport(f"sync {self.syncs}", self.name)
-        objects = self.render(values)
+        objects = self.render(values, chart)
         hooks = [o for o in objects if m.is_hook(o)]
         regular = [o for o in objects if not m.is_hook(o)]
         try:

@@ -192,6 +192,30 @@ def upgrade_from_flow(backend: str, old_chart: Path) -> FlowResult:
     return flow
 
 
+def argo_upgrade_from_flow(backend: str, old_chart: Path) -> FlowResult:
+    """An Application synced with chart 0.1.0, then with this chart after the steps its README asks of
+    offline renders (no `lookup` keeps the immutable fields there): the StatefulSet deleted without its
+    pod, the old claim's access mode set; then the Application deleted."""
+    cluster = ApiServer(objects=[GITOPS_SECRET])
+    app = Application(m.RELEASE, cluster)
+    flow = FlowResult(f"Argo CD from the previous chart, tune.backend={backend}")
+    old_values = values(backend, **{"postgresql.auth.existingSecret": GITOPS_SECRET_NAME})
+    new_values = values(backend, **GITOPS, **{"output.pvc.accessModes": ["ReadWriteMany"]})
+    report = app.sync(old_values, chart=old_chart)
+    report.step = "1. sync (chart 0.1.0)"
+    flow.steps.append(report)
+    statefulset = next(k for k in cluster.objects if k.kind == "StatefulSet")
+    cluster.delete(statefulset)  # kubectl delete statefulset --cascade=orphan: its pod stays
+    report = app.sync(new_values)
+    report.step = "2. sync (this chart)"
+    flow.steps.append(report)
+    report = app.delete(new_values)
+    report.step = "3. delete app"
+    flow.steps.append(report)
+    flow.final = sorted(k for k in cluster.objects if k not in cluster.preexisting)
+    return flow
+
+
 ARGO_FLOWS: dict[str, dict[str, Any]] = {
     "pytorchjob": {"tune.backend": "pytorchjob"},
     "trainjob": {"tune.backend": "trainjob"},

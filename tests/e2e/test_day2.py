@@ -110,6 +110,20 @@ def test_helm_upgrade_of_a_release_made_by_the_previous_chart(backend, previous_
     assert not left, left
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_argo_sync_of_an_app_made_with_the_previous_chart_after_the_documented_steps(backend, previous_chart):
+    flow = day2.argo_upgrade_from_flow(backend, previous_chart)
+    print(flow.table())
+    assert not flow.errors, [str(e) for e in flow.errors]
+    old_hooks = {
+        (o["kind"], o["metadata"]["name"])
+        for o in render(day2.values(backend), m.RELEASE, chart=previous_chart)
+        if m.is_hook(o) and not m.is_test(o)
+    }
+    left = [k for s in flow.steps for k in s.keys("left behind") if (k.kind, k.name) not in old_hooks]
+    assert not left, left
+
+
 # --- Argo CD: helm template, hooks as sync phases, two syncs ----------------------------------------------
 
 
