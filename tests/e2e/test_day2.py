@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import os
 import subprocess
 
 import helm_python as helm
@@ -88,6 +89,8 @@ def previous_chart(tmp_path_factory):
     try:
         return day2.previous_chart(tmp_path_factory.mktemp("previous"))
     except (OSError, subprocess.CalledProcessError) as error:  # a copy of the sources without git history
+        if os.environ.get("CI"):  # CI runs a clone with its history: there a missing chart is a failure
+            raise
         pytest.skip(
             f"the previous chart ({day2.PREVIOUS_CHART_COMMIT[:12]}) is not in this checkout: {error}"
         )
