@@ -29,6 +29,7 @@ from sideformer.data.preresize import default_cache_dir, preresize_samples
 from sideformer.data.transforms import TrainTransform
 from sideformer.distributed import DistEnv
 from sideformer.errors import UserError
+from sideformer.trial_slots import slots_sharing
 from sideformer.validation import eval_loader
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,8 @@ def loader_workers(config: Config) -> int:
     """data.num_workers, or when null the machine's share for each of its training processes."""
     if config.data.num_workers is not None:
         return config.data.num_workers
-    return default_workers(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    # Search slots sharing this GPU (trial_slots) share its machine's cores as local processes do.
+    return default_workers(int(os.environ.get("LOCAL_WORLD_SIZE", "1")) * slots_sharing())
 
 
 def decode_on_device(config: Config, env: DistEnv) -> bool:
