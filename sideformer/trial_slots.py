@@ -7,7 +7,7 @@ with its own sampler seed (--seed S becomes S + slot), and carries its own SIDEF
 supervisor's, or the host's name and its pid, plus "-slot<k>"), so a trial left RUNNING by a killed slot
 is failed and queued again as soon as that slot starts again (tune._reclaim_own_trials), and otherwise by
 any worker's heartbeat check. Each slot caps its CUDA allocator at 1/N of the GPU's memory and takes 1/N
-of the loader workers the machine would give one process.
+of the loader workers and (unless OMP_NUM_THREADS is set) of the torch threads one process would get.
 
 This supervisor never touches the GPU. It restarts a slot that was killed by a signal (the OOM killer, a
 stray SIGKILL) up to RESTARTS times, forwards SIGTERM and SIGINT to every slot, and exits with the first
@@ -95,9 +95,16 @@ def slot_commands(n: int, argv: list[str], seed: int | None) -> list[tuple[list[
     worker = os.environ.get(WORKER_ID_ENV) or f"{socket.gethostname()}-{os.getpid()}"
     env = {k: v for k, v in os.environ.items() if k not in _GROUP_ENV and not k.startswith("PET_")}
     out = []
+    # torch's CPU threads too: N processes each running one per core wait on each other's OpenMP threads.
+    threads = env.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // n))
     for k in range(n):
         seeded = [*base_argv, "--seed", str(seed + k)] if seed is not None else base_argv
-        slot_env = {**env, SLOT_ENV: f"{k}/{n}", WORKER_ID_ENV: f"{worker}-slot{k}"}
+        slot_env = {
+            **env,
+            SLOT_ENV: f"{k}/{n}",
+            WORKER_ID_ENV: f"{worker}-slot{k}",
+            "OMP_NUM_THREADS": threads,
+        }
         out.append(([sys.executable, "-m", "sideformer", *seeded], slot_env))
     return out
 

@@ -33,6 +33,9 @@ def test_each_slot_gets_its_seed_worker_id_and_no_group_variables(monkeypatch: p
     assert [env["SIDEFORMER_WORKER_ID"] for _, env in commands] == [f"pod-0-slot{k}" for k in range(3)]
     assert [env["SIDEFORMER_TRIAL_SLOT"] for _, env in commands] == ["0/3", "1/3", "2/3"]
     assert all("PET_NNODES" not in env and "MASTER_PORT" not in env for _, env in commands)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(trial_slots.os, "cpu_count", lambda: 16)
+    assert {env["OMP_NUM_THREADS"] for _, env in trial_slots.slot_commands(4, argv, None)} == {"4"}
     assert all("--seed" not in c for c, _ in trial_slots.slot_commands(2, argv, seed=None))
 
 
