@@ -162,12 +162,17 @@ def augment(
     for k, (image, item) in enumerate(zip(images, items, strict=True)):
         window = _window(image, item.crop, crop_size)
         batch[k, :, : window.shape[1], : window.shape[2]] = window
-    flips = torch.tensor([item.crop.flip for item in items], device=device)
+    flips = _to(torch.tensor([item.crop.flip for item in items]), device)
     batch = torch.where(flips[:, None, None, None], batch.flip(-1), batch)
     jitters = [item.jitter for item in items]
     if any(j is not None for j in jitters):
         batch = jitter(batch, [j or Jitter(1.0, 0.0, 1.0) for j in jitters])
     return batch.to(torch.uint8)
+
+
+def _to(values: torch.Tensor, device: torch.device) -> torch.Tensor:
+    # non_blocking: a blocking copy to a GPU would first wait for every step queued before it.
+    return values.to(device, non_blocking=True)
 
 
 def _window(image: torch.Tensor, crop: Crop, size: tuple[int, int]) -> torch.Tensor:
@@ -195,13 +200,13 @@ def jitter(batch: torch.Tensor, draws: Sequence[Jitter]) -> torch.Tensor:
     image's grey (ITU-R BT.601 weights, as OpenCV's RGB2GRAY), rounded as cv2.addWeighted rounds."""
 
     def column(values: list[float]) -> torch.Tensor:
-        return torch.tensor(values, device=batch.device, dtype=batch.dtype)[:, None, None, None]
+        return _to(torch.tensor(values, dtype=batch.dtype), batch.device)[:, None, None, None]
 
     alpha, beta = column([d.alpha for d in draws]), column([d.beta for d in draws])
     saturation = column([d.saturation for d in draws])
     mean = batch.mean(dim=(1, 2, 3), keepdim=True)
     out = (batch * alpha + beta + mean * (1 - alpha)).clamp(0, 255).floor()
-    weights = torch.tensor([0.299, 0.587, 0.114], device=batch.device, dtype=batch.dtype)
+    weights = _to(torch.tensor([0.299, 0.587, 0.114], dtype=batch.dtype), batch.device)
     grey = (out * weights[None, :, None, None]).sum(dim=1, keepdim=True).round()
     saturated = (out * saturation + grey * (1 - saturation)).round().clamp(0, 255)
     return torch.where((saturation - 1).abs() > 1e-3, saturated, out)
