@@ -75,7 +75,9 @@ def decode_on_device(config: Config, env: DistEnv) -> bool:
     problem = None if setting != "auto" else gpu_decoder_problem(env.device)
     on_device = setting == "device" or (setting == "auto" and problem is None)
     if env.is_main and (on_device or env.device.type == "cuda"):
-        where = f"on {env.device.type} (torch ops)" if on_device else "in the loader workers (OpenCV)"
+        decoder = "nvJPEG" if env.device.type == "cuda" else "OpenCV in this process"
+        where = f"on {env.device.type} ({decoder}, torch ops)"
+        where = where if on_device else "in the loader workers (OpenCV)"
         log.info("training images decoded and augmented %s%s", where, f": {problem}" if problem else "")
     return on_device
 
