@@ -1,5 +1,6 @@
 """data.decode=device trains end to end on CPU (OpenCV stands in for nvJPEG, the augmentation is the
-device path's torch ops) and learns as the loader path does from the same draws."""
+device path's torch ops) and learns as the loader path does from the same draws; the CPU defaults
+(data.decode and train.compile auto) stay the OpenCV loader and eager."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from sideformer.config import load_config
 from sideformer.data.dataset import EncodedDataset, SegmentationDataset
@@ -30,7 +32,11 @@ def config_for(data: Path, output: Path, decode: str):
     )
 
 
-def test_device_decoding_trains_like_the_loader_path(synth_dataset: Path, tmp_path: Path) -> None:
+def test_device_decoding_trains_like_the_loader_path(
+    synth_dataset: Path, tmp_path: Path, monkeypatch
+) -> None:
+    compiled: list[object] = []  # train.compile=auto must leave CPU training eager, as it always was
+    monkeypatch.setattr(torch, "compile", lambda module, **kwargs: compiled.append(module) or module)
     on_device = config_for(synth_dataset, tmp_path / "device", "device")
     in_loader = config_for(synth_dataset, tmp_path / "loader", "auto")  # auto on CPU: the loader path
     env = single_process("cpu")
@@ -42,6 +48,7 @@ def test_device_decoding_trains_like_the_loader_path(synth_dataset: Path, tmp_pa
     device_losses = [m.train_loss for m in device_run.history]
     loader_losses = [m.train_loss for m in loader_run.history]
     assert all(math.isfinite(x) for x in device_losses) and len(device_losses) == 2
+    assert compiled == []
     # Same draws, nearly the same pixels: the same losses to within a few per cent.
     for ours, theirs in zip(device_losses, loader_losses, strict=True):
         assert abs(ours - theirs) / theirs < 0.05, (device_losses, loader_losses)
