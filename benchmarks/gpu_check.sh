@@ -34,6 +34,8 @@ cd "$(dirname "$0")/.."
 export PYTHON=${PYTHON:-.venv/bin/python}
 export SIDEFORMER=${SIDEFORMER:-$PYTHON -m sideformer}
 OUT=${OUT:-$(mktemp -d)}
+# --tiny on a small CPU takes about 30 minutes (1757 s on 2 shared cores): a budget that lets every step run.
+[[ ${1:-} == --tiny ]] && BUDGET=${BUDGET:-2400}
 BUDGET=${BUDGET:-440}
 export WORK RESULTS TINY
 WORK=$(mktemp -d)

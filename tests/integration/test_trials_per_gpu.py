@@ -75,3 +75,34 @@ def test_two_slots_share_one_study_and_a_killed_slot_s_trial_is_queued_again(
     assert min(retries[0].intermediate_values) > 1  # resumed from its checkpoint, not restarted
     assert len([t for t in trials if t.state in FINISHED]) == 4
     assert {t.user_attrs["worker"] for t in trials} == {"tune-0-master-0-slot0", "tune-0-master-0-slot1"}
+
+
+def test_sigterm_reaches_every_slot_and_each_queues_its_trial_again(
+    synth_dataset: Path, tmp_path: Path, postgres_url: str, run
+) -> None:
+    """A drained node: the supervisor forwards SIGTERM, each slot saves its trial's step and re-queues it."""
+    config = write_config(tmp_path / "search.yaml", n_trials=4, epochs=4, pruner="none", grace_period=3600)
+    create_study(config, postgres_url, run)
+    log = tmp_path / "search.log"
+    supervisor = subprocess.Popen(
+        search_cmd(synth_dataset, tmp_path / "out", config, postgres_url, "--trials-per-gpu", "2"),
+        env=env_for(),
+        cwd=REPO,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    study = optuna.load_study(study_name="test", storage=postgres_url)
+
+    def two_training() -> bool:
+        assert supervisor.poll() is None, log.read_text()[-3000:]
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        return len(running) == 2 and log.read_text().count("training SegFormer") >= 2
+
+    wait_until(two_training, 300, lambda: log.read_text()[-3000:], interval=0.2)
+    supervisor.send_signal(signal.SIGTERM)
+    assert supervisor.wait(timeout=300) == 128 + signal.SIGTERM, log.read_text()[-3000:]
+    trials = optuna.load_study(study_name="test", storage=postgres_url).get_trials(deepcopy=False)
+    stopped = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(stopped) == 2 and not [t for t in trials if t.state == TrialState.RUNNING]
+    queued = [t.system_attrs.get("failed_trial") for t in trials if t.state == TrialState.WAITING]
+    assert sorted(queued) == sorted(t.number for t in stopped)  # both queued again at once
