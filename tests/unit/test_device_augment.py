@@ -64,7 +64,6 @@ def test_both_paths_draw_the_same_crops_and_give_the_same_masks(tmp_path: Path) 
     # Same window, flip and jitter: only the shrinking filter and the decoder's rounding differ.
     assert np.median(differences) < 2.5 and max(differences) < 6.0, differences
     assert any((mask == IGNORE).any() for _, mask in device)  # small scales were padded
-    assert any(np.array_equal(mask, mask[:, ::-1]) is False for _, mask in device)
 
 
 def test_both_paths_give_the_same_distribution_of_images(tmp_path: Path) -> None:
