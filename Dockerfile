@@ -23,13 +23,14 @@ RUN python3 -m venv /opt/venv
 COPY ${WHEELHOUSE}/ /wheels/
 COPY image/pip.sh image/requirements.py image/check_torch.py /build/image/
 
-# torch first, in its own layer: the largest and least often changed.
+# torch first, in its own layer: the largest and least often changed. The CUDA image adds torchvision (the
+# build matching torch: pip resolves it) for data.decode=device's nvJPEG decoder.
 RUN case "${TORCH_VARIANT}" in \
         cpu) export TORCH_INDEX=https://download.pytorch.org/whl/cpu ;; \
-        cuda) ;; \
+        cuda) set -- torchvision ;; \
         *) echo "TORCH_VARIANT=${TORCH_VARIANT}: expected cuda or cpu" >&2; exit 2 ;; \
     esac \
-    && /build/image/pip.sh install "torch==${TORCH_VERSION}" \
+    && /build/image/pip.sh install "torch==${TORCH_VERSION}" "$@" \
     && /opt/venv/bin/python /build/image/check_torch.py "${TORCH_VARIANT}"
 
 # Then the other dependencies, read from pyproject.toml; code edits below do not invalidate this layer.

@@ -12,6 +12,15 @@
 #   6. benchmarks/step_variants.py: one step under each setting, and where its time goes (profile);
 #   7. train_throughput.py with bf16 and torch.compile's CUDA graphs (train.compile_mode=reduce-overhead);
 #   8. gpu.sh with VARIANTS=b2, if the time budget allows.
+# And the input-path and trials-per-GPU measurements (issue 22), each with its own step name:
+#   e2e-defaults   train_throughput.py --defaults: SideFormer as a user gets it (bf16, train.compile=auto:
+#                  CUDA graphs, data.decode=auto: nvJPEG + torch ops) vs the HF-docs loop (target >= 1.5x),
+#                  and the start-up the first epoch costs (compiling, graph capture);
+#   input-decode   input_share.py --decode loader,device: share of the model-only rate on 1920x1080 JPEGs
+#                  with the OpenCV path and with the GPU decode path (target >= 90 %);
+#   search-slots   search_throughput.py: trials/hour with 1, 2 and 4 trials per GPU.
+# The next GPU session runs just those, in one call of about 8 minutes:
+#   ONLY="environment e2e-defaults input-decode search-slots" BUDGET=420 bash benchmarks/gpu_check.sh
 # Each step runs on even when an earlier one failed, under its own time limit, cut to end by BUDGET + 60
 # seconds; steps 3-6 start only while the budget (BUDGET seconds, default 440) leaves room for them. Output: $OUT/check.log (everything), and
 # $OUT/results.tar.gz (each step's log and JSON, the evaluation and prediction files).
@@ -25,6 +34,8 @@ cd "$(dirname "$0")/.."
 export PYTHON=${PYTHON:-.venv/bin/python}
 export SIDEFORMER=${SIDEFORMER:-$PYTHON -m sideformer}
 OUT=${OUT:-$(mktemp -d)}
+# --tiny on a small CPU takes about 30 minutes (1757 s on 2 shared cores): a budget that lets every step run.
+[[ ${1:-} == --tiny ]] && BUDGET=${BUDGET:-2400}
 BUDGET=${BUDGET:-440}
 export WORK RESULTS TINY
 WORK=$(mktemp -d)
@@ -143,11 +154,23 @@ if ((TINY)); then
   step input-share 900 0 "$PYTHON" benchmarks/input_share.py --quick --workers 1 --json "$RESULTS/input.json"
   step input-stages 900 0 "$PYTHON" benchmarks/data_pipeline.py --quick --stages-only \
     --json "$RESULTS/input-stages.json"
+  step e2e-defaults 900 0 "$PYTHON" benchmarks/train_throughput.py --quick --defaults --skip-loader \
+    --json "$RESULTS/e2e-defaults.json"
+  step input-decode 900 0 "$PYTHON" benchmarks/input_share.py --quick --workers "" \
+    --decode loader,device --no-preresize --json "$RESULTS/input-decode.json"
+  step search-slots 900 0 "$PYTHON" benchmarks/search_throughput.py --quick --json "$RESULTS/search-slots.json"
   step gpu-b0 900 0 env OUT="$RESULTS/gpu-b0" bash benchmarks/gpu.sh --tiny
   step accuracy 900 0 "$PYTHON" benchmarks/accuracy.py --quick --json "$RESULTS/accuracy.json"
   step step-variants 900 0 "$PYTHON" benchmarks/step_variants.py --quick
 else
   step environment 60 0 environment
+  step e2e-defaults 200 110 "$PYTHON" benchmarks/train_throughput.py --defaults --variant b0 --size 512x512 \
+    --images 128 --batch-size 8 --epochs 2 --workers 4 --skip-loader --step-batches 10 \
+    --json "$RESULTS/e2e-defaults.json"
+  step input-decode 200 120 "$PYTHON" benchmarks/input_share.py --images 128 --workers "" \
+    --decode loader,device --no-preresize --json "$RESULTS/input-decode.json"
+  step search-slots 300 150 "$PYTHON" benchmarks/search_throughput.py --slots 1,2,4 --rounds 2 \
+    --json "$RESULTS/search-slots.json"
   step cli 240 0 cli_on_gpu
   step input-share 180 90 "$PYTHON" benchmarks/input_share.py --json "$RESULTS/input.json"
   step input-stages 60 30 "$PYTHON" benchmarks/data_pipeline.py --stages-only --images 16 --stage-crops 512 \

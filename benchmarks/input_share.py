@@ -7,7 +7,8 @@
   [e2e]       sideformer.train.train(config) on the JPEGs: decode, augment, collate, copy to the device and
               the same step; images/s of the measured epochs after one warm-up epoch (validation out).
               Run with data.preresize off and on, with the default loader workers (data.num_workers) and
-              with more workers when the machine has the cores.
+              with more workers when the machine has the cores, and with each data.decode asked for
+              (--decode loader,device: OpenCV in the workers, or nvJPEG and torch ops on the GPU).
 
 The share the input path costs is 1 - e2e / model. Written for the GPU check (benchmarks/gpu_check.sh);
 on CPU the model is the bottleneck and the share is near zero.
@@ -38,7 +39,12 @@ from sideformer.train import train
 
 
 def config_for(
-    args: argparse.Namespace, data: Path, output: Path, workers: int | None, preresize: bool
+    args: argparse.Namespace,
+    data: Path,
+    output: Path,
+    workers: int | None,
+    preresize: bool,
+    decode: str = "loader",
 ) -> Config:
     base_size = args.crop
     return load_config(
@@ -52,6 +58,7 @@ def config_for(
                 "preresize": 2 * base_size if preresize else None,
                 "cache_dir": str(data.parent / "preresize") if preresize else None,
                 "check": False,  # checked once is enough; it is not part of the input path
+                "decode": decode,
             },
             "model": {"variant": args.variant},
             "optim": {"warmup_steps": 0},
@@ -63,10 +70,10 @@ def config_for(
 
 
 def end_to_end(
-    args: argparse.Namespace, data: Path, tmp: Path, workers: int | None, preresize: bool
+    args: argparse.Namespace, data: Path, tmp: Path, workers: int | None, preresize: bool, decode: str
 ) -> float:
-    name = f"workers{workers}-{'preresize' if preresize else 'originals'}"
-    result = train(config_for(args, data, tmp / name, workers, preresize))
+    name = f"{decode}-workers{workers}-{'preresize' if preresize else 'originals'}"
+    result = train(config_for(args, data, tmp / name, workers, preresize, decode))
     return statistics.mean(h.images_per_second for h in result.history[1:])
 
 
@@ -82,6 +89,12 @@ def main() -> None:
     parser.add_argument(
         "--workers", default="2,8", help="worker counts tried besides the default (data.num_workers: null)"
     )
+    parser.add_argument(
+        "--decode",
+        default="loader",
+        help="data.decode values run with the default workers, comma-separated (loader; loader,device)",
+    )
+    parser.add_argument("--no-preresize", action="store_true", help="leave out the data.preresize run")
     parser.add_argument("--quick", action="store_true", help="smoke test: 16 images, crop 128, 1 epoch")
     parser.add_argument("--json", type=Path, help="also write every number here")
     args = parser.parse_args()
@@ -89,8 +102,11 @@ def main() -> None:
         args.images, args.crop, args.epochs, args.steps = 16, 128, 1, 2
     logging.basicConfig(level=logging.WARNING)
     auto = default_workers()
-    runs: list[tuple[int | None, bool]] = [(None, False), (None, True)]  # the defaults, preresize off/on
-    runs += [(int(n), False) for n in args.workers.split(",") if n and int(n) != auto]
+    decodes = [d for d in args.decode.split(",") if d]
+    # The default workers with each decode path; preresize on; other worker counts (OpenCV path).
+    runs: list[tuple[int | None, bool, str]] = [(None, False, d) for d in decodes]
+    runs += [] if args.no_preresize else [(None, True, "loader")]
+    runs += [(int(n), False, "loader") for n in args.workers.split(",") if n and int(n) != auto]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     print(f"machine: {describe()}")
     print(
@@ -114,10 +130,13 @@ def main() -> None:
         print(
             f"  [model] {results['model']:8.1f} img/s ({seconds * 1000:.1f} ms/step, median of {args.steps})"
         )
-        for workers, preresize in runs:
-            key = f"e2e workers={workers or f'auto({auto})'} preresize={'on' if preresize else 'off'}"
+        for workers, preresize, decode in runs:
+            key = (
+                f"e2e decode={decode} workers={workers or f'auto({auto})'} "
+                f"preresize={'on' if preresize else 'off'}"
+            )
             started = time.perf_counter()
-            results[key] = end_to_end(args, data, tmp, workers, preresize)
+            results[key] = end_to_end(args, data, tmp, workers, preresize, decode)
             share = 1 - results[key] / results["model"]
             print(
                 f"  [{key}] {results[key]:8.1f} img/s: {100 * results[key] / results['model']:.0f}% "
@@ -126,13 +145,17 @@ def main() -> None:
                 flush=True,
             )
 
-    default = results[f"e2e workers=auto({auto}) preresize=off"]
+    per_decode = "; ".join(
+        f"decode={d} {results[k]:.0f} img/s ({100 * results[k] / results['model']:.0f}%)"
+        for d in decodes
+        for k in [f"e2e decode={d} workers=auto({auto}) preresize=off"]
+    )
     best_key = max((k for k in results if k.startswith("e2e")), key=results.__getitem__)
     print(
         f"summary: {args.variant} {args.crop}x{args.crop} on 1920x1080 JPEGs, {device}: model alone "
-        f"{results['model']:.0f} img/s; end to end with the defaults {default:.0f} img/s "
-        f"({100 * default / results['model']:.0f}%); best {best_key.removeprefix('e2e ')} "
-        f"{results[best_key]:.0f} img/s ({100 * results[best_key] / results['model']:.0f}%)"
+        f"{results['model']:.0f} img/s; end to end with the default workers: {per_decode}; best "
+        f"{best_key.removeprefix('e2e ')} {results[best_key]:.0f} img/s "
+        f"({100 * results[best_key] / results['model']:.0f}%)"
     )
     if args.json:
         write_json(args.json, args, machine=machine_info(), images_per_second=results)

@@ -41,7 +41,9 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 from transformers import SegformerImageProcessorPil
 
+from sideformer.compile_choice import choose_compile
 from sideformer.config import Config, ModelConfig, load_config
+from sideformer.data.device_augment import EncodedBatch
 from sideformer.data.metadata import DatasetMeta, load_metadata
 from sideformer.data.synth import write_synthetic_dataset
 from sideformer.distributed import DistEnv
@@ -57,7 +59,12 @@ def sideformer_config(args: argparse.Namespace, data: Path, output: Path, device
     return load_config(
         base={
             "output": str(output),
-            "data": {"path": str(data), "crop_size": [height, width], "num_workers": args.workers},
+            "data": {
+                "path": str(data),
+                "crop_size": [height, width],
+                "num_workers": args.workers,
+                "decode": args.decode,
+            },
             "model": {
                 "variant": args.variant,
                 "fold_decode_head": not args.no_fold,
@@ -69,7 +76,7 @@ def sideformer_config(args: argparse.Namespace, data: Path, output: Path, device
                 "batch_size": args.batch_size,
                 "device": device,
                 "precision": args.precision,
-                "compile": args.compile,
+                "compile": "auto" if args.defaults else args.compile,
                 "compile_mode": args.compile_mode,
             },
             "early_stop": {"patience": 0},
@@ -171,8 +178,9 @@ def step_times(config: Config, meta: DatasetMeta, device: torch.device, steps: i
         ours = ours.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(ours, config, fused=device.type in ("cuda", "cpu"))
     dtype = autocast_dtype(config.train.precision, device)
-    graphs = config.train.compile and config.train.compile_mode == "reduce-overhead"
-    forward = torch.compile(ours, mode=config.train.compile_mode) if config.train.compile else ours
+    compiled = choose_compile(config.train, device.type, world_size=1)  # as train.py decides it
+    graphs = compiled.cuda_graphs
+    forward = torch.compile(ours, mode=compiled.mode) if compiled.enabled else ours
 
     def reference_step() -> None:
         pixels = normalize(images)  # the reference's loader delivers normalised floats: same input
@@ -204,7 +212,7 @@ def step_times(config: Config, meta: DatasetMeta, device: torch.device, steps: i
     return times
 
 
-def loader_rate(loader: DataLoader, warmup: int, batches: int) -> float:
+def loader_rate(loader: DataLoader, warmup: int, batches: int, device: torch.device | None = None) -> float:
     """Images/s of iterating `loader` (across epochs) for `batches` batches after `warmup` batches."""
 
     def endless() -> Iterator[Batch]:
@@ -212,12 +220,19 @@ def loader_rate(loader: DataLoader, warmup: int, batches: int) -> float:
             yield from loader
 
     stream = endless()
+
+    def deliver(batch: Batch) -> int:
+        if isinstance(batch, tuple) and isinstance(batch[0], EncodedBatch):  # data.decode=device:
+            batch[0].to(device or "cpu")  # decoding and augmenting on the device is this pipeline's
+            if device is not None and device.type == "cuda":
+                torch.cuda.synchronize()
+        return len(batch["labels"]) if isinstance(batch, dict) else len(batch[0])
+
     for _ in range(warmup):
-        next(stream)
+        deliver(next(stream))
     started, seen = time.perf_counter(), 0
     for _ in range(batches):
-        batch = next(stream)
-        seen += len(batch["labels"]) if isinstance(batch, dict) else len(batch[0])
+        seen += deliver(next(stream))
     rate = seen / (time.perf_counter() - started)
     stream.close()
     return rate
@@ -248,7 +263,15 @@ def main() -> None:
     parser.add_argument("--channels-last", action="store_true", help="SideFormer with model.channels_last")
     parser.add_argument("--compile", action="store_true", help="SideFormer with train.compile")
     parser.add_argument(
-        "--compile-mode", default="default", choices=["default", "reduce-overhead", "max-autotune"]
+        "--compile-mode", default="default", choices=["auto", "default", "reduce-overhead", "max-autotune"]
+    )
+    parser.add_argument(
+        "--decode", default="loader", choices=["auto", "loader", "device"], help="SideFormer's data.decode"
+    )
+    parser.add_argument(
+        "--defaults",
+        action="store_true",
+        help="SideFormer as a user gets it: precision, train.compile, compile_mode and data.decode all auto",
     )
     parser.add_argument("--no-fold", action="store_true", help="SideFormer without the folded decode head")
     parser.add_argument(
@@ -262,17 +285,22 @@ def main() -> None:
         parser.error("--batch-size, --images, --epochs, --loader-batches, --rounds, --threads must be >= 1")
     if args.quick:
         args.images, args.size, args.epochs, args.loader_batches, args.step_batches = 16, (128, 128), 1, 8, 1
+    if args.defaults:
+        args.precision, args.compile_mode, args.decode = "auto", "auto", "auto"
     logging.basicConfig(level=logging.INFO, format="  %(message)s")
     torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     info = machine_info() | {"transformers": transformers.__version__}
     print(f"machine: {describe(info)}, transformers {info['transformers']}")
+    # What train() will choose for these settings (the data path is not read here).
+    chosen = choose_compile(sideformer_config(args, Path(), Path(), device.type).train, device.type, 1)
     options = [
         f"precision {args.precision}",
+        f"data.decode {args.decode}",
         "folded head" if not args.no_fold else "transformers' head",
         *(["channels_last"] if args.channels_last else []),
-        *([f"torch.compile ({args.compile_mode})"] if args.compile else []),
+        *([chosen.describe()] if chosen.enabled else []),
     ]
     print(
         f"settings: {args.variant} random init, {args.images} images {args.size[0]}x{args.size[1]}, batch "
@@ -289,6 +317,7 @@ def main() -> None:
         meta = load_metadata(data)
         sideformer_rates: list[float] = []
         reference_rates: list[float] = []
+        startup: list[float] = []
         # Rounds alternate the two loops, so load from other processes on a shared machine hits both alike.
         for round_ in range(1, args.rounds + 1):
             config = sideformer_config(args, data, Path(tmp) / f"run{round_}", device.type)
@@ -298,6 +327,9 @@ def main() -> None:
             result = train(config)
             rates = [h.images_per_second for h in result.history[1:]]
             print(f"  sideformer  {', '.join(f'{r:.2f}' for r in rates)} img/s (measured epochs)")
+            # What the first epoch costs beyond a later one: compiling, CUDA graph capture, worker start.
+            startup.append(result.history[0].seconds - statistics.mean(h.seconds for h in result.history[1:]))
+            print(f"  start-up    {startup[-1]:.1f} s (warm-up epoch minus a measured one)")
             sideformer_rates += rates
             del result
             gc.collect()
@@ -316,7 +348,7 @@ def main() -> None:
             ours = sideformer_loader(config, meta, device)
             theirs = loader_like_sideformer(HFDocsDataset(meta, args.size), config, None, None, device)
             warmup = len(ours)  # one epoch: workers started, prefetch queues in steady state
-            loader = {"sideformer": loader_rate(ours, warmup, args.loader_batches)}
+            loader = {"sideformer": loader_rate(ours, warmup, args.loader_batches, device)}
             loader["reference"] = loader_rate(theirs, warmup, args.loader_batches)
             del ours, theirs
             gc.collect()  # persistent workers end with their loaders
@@ -358,6 +390,7 @@ def main() -> None:
     if steps:
         ours_step, theirs_step = (statistics.median(steps[k]) for k in ("sideformer", "reference"))
         summary += f"; step alone {ours_step:.3f} vs {theirs_step:.3f} s ({theirs_step / ours_step:.2f}x)"
+    summary += f"; start-up {statistics.mean(startup):.1f} s"
     print(summary)
     if args.json:
         write_json(
@@ -370,6 +403,7 @@ def main() -> None:
                 "reference": {"mean": theirs_rate, "epochs": reference_rates},
             },
             loader_images_per_second=loader,
+            startup_seconds=startup,
             step_seconds=steps,
             peak_rss_mib=peak_rss_mib(),
         )

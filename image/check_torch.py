@@ -15,4 +15,8 @@ if is_cuda != (variant == "cuda"):
         f"torch {torch.__version__} is not the {variant} build. For an offline build pass "
         "--build-arg TORCH_VARIANT=cpu; for the CUDA image, build online with an empty wheelhouse."
     )
+if variant == "cuda":  # data.decode=device decodes JPEGs with torchvision's nvJPEG
+    import torchvision.io  # a torchvision built for another torch fails here
+
+    print(f"torchvision {torchvision.__version__}")
 print(f"torch {torch.__version__} ({variant})")

@@ -198,6 +198,12 @@ def _add_training_commands(commands: Commands) -> None:
     )
     _add_config_args(search)
     _add_study_args(search, runs_trials=True)
+    search.add_argument(
+        "--trials-per-gpu",
+        type=int,
+        help="run this many trials side by side on one GPU, each its own process with 1/N of its memory "
+        "(search.trials_per_gpu; for small variants that leave a large GPU mostly idle)",
+    )
     search.set_defaults(handler=_search)
 
     final = commands.add_parser(
@@ -542,22 +548,37 @@ def _run_config(args: argparse.Namespace, argv: list[str]):  # -> Config
     overrides = list(args.overrides)
     if getattr(args, "n_trials", None) is not None:
         overrides.append(f"search.n_trials={args.n_trials}")
+    if getattr(args, "trials_per_gpu", None) is not None:
+        overrides.append(f"search.trials_per_gpu={args.trials_per_gpu}")
     config = load_config(args.config, overrides)
+    from sideformer import trial_slots
     from sideformer.launch import relaunch_under_torchrun
 
-    relaunch_under_torchrun(args.nproc_per_node, argv)  # returns only when one process suffices
+    side_by_side = config.search.trials_per_gpu > 1 and trial_slots.slot() is None
+    if side_by_side and args.handler is _tune:
+        raise UserError(
+            f"search.trials_per_gpu={config.search.trials_per_gpu}: `sideformer tune` runs its search in one "
+            "process; run `sideformer search --trials-per-gpu N`, then `sideformer final`."
+        )
+    if side_by_side and args.handler is _search:
+        trial_slots.check_can_share(config.search.trials_per_gpu, args.nproc_per_node)
+    else:  # the slots' supervisor stays one plain process; each slot is one process alone
+        relaunch_under_torchrun(args.nproc_per_node, argv)  # returns only when one process suffices
     config.data.path, config.output = args.data, args.output
     return config
 
 
 def _search(args: argparse.Namespace, argv: list[str]) -> int:
-    from sideformer import distributed
+    from sideformer import distributed, trial_slots
     from sideformer.study import resolve_storage_url
     from sideformer.tune import run_search
 
     config = _run_config(args, argv)
     storage = resolve_storage_url(args.storage, config.output)
+    if config.search.trials_per_gpu > 1 and trial_slots.slot() is None:
+        return trial_slots.run_side_by_side(config.search.trials_per_gpu, argv, args.seed)
     with distributed.process_group(config.train.device) as env:
+        trial_slots.limit_memory(env.device.type)
         run_search(config, storage, args.study, env, seed=args.seed)
     return 0
 

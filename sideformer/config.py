@@ -53,6 +53,12 @@ class DataConfig:
     every run and trial; must be shared by all processes of a multi-node run."""
     check: bool = True
     """Validate every file before training (sideformer check-data); off only for data already checked."""
+    decode: Literal["auto", "loader", "device"] = "auto"
+    """Where training images are decoded and augmented. loader: OpenCV in the loader's worker processes;
+    device: the loader workers only read the JPEG's bytes, the training process decodes them on its device
+    (nvJPEG through torchvision on a GPU) and applies the same random scale, crop, flip and jitter there as
+    torch ops (masks stay exact: cut in the workers, nearest neighbour). auto: device on a GPU where
+    torchvision's nvJPEG decoder works, else loader."""
 
 
 @dataclass
@@ -96,11 +102,14 @@ class TrainConfig:
     progress_seconds: float = 30.0
     """Without a terminal (a pipe, a pod's log): one progress line (images, images/s, ETA) inside an epoch
     this often; 0: none. On a terminal a live bar shows instead."""
-    compile: bool = False
-    """torch.compile the training forward (opt-in: minutes of compiling first; on CPU it did not pay off)."""
-    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
+    compile: Literal["auto", True, False] = "auto"
+    """torch.compile the training forward. auto: on for one CUDA process without gradient accumulation
+    (CUDA graphs made b0's step 2.46x on an H200), off elsewhere: on CPU it did not pay off, and CUDA
+    graphs under DDP or with grad_accum > 1 were never measured (sideformer.compile_choice)."""
+    compile_mode: Literal["auto", "default", "reduce-overhead", "max-autotune"] = "auto"
     """torch.compile's mode; reduce-overhead replays the step's kernels as CUDA graphs, for GPUs whose
-    steps are short enough that launching kernels from Python sets the pace."""
+    steps are short enough that launching kernels from Python sets the pace. auto: reduce-overhead on
+    CUDA, default elsewhere."""
 
 
 @dataclass
@@ -167,6 +176,10 @@ class SearchConfig:
     """Seconds without a heartbeat after which a trial is failed and retried."""
     max_retry: int = 2
     """Retries of a trial whose worker died; each resumes from the trial's last checkpoint."""
+    trials_per_gpu: int = 1
+    """Trials run side by side on one GPU (`sideformer search --trials-per-gpu`): that many worker
+    processes, each with 1/N of the GPU's memory, its own sampler seed and worker id. For small variants,
+    whose step leaves a large GPU mostly idle; one trial per process (no --nproc-per-node)."""
     space: dict[str, dict[str, Any]] = field(default_factory=default_search_space)
 
 
@@ -259,7 +272,7 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
         (inner,) = [a for a in args if a is not type(None)]
         return _coerce(value, inner, key, source)
     if origin is Literal:
-        if value not in args:
+        if not any(value == a and type(value) is type(a) for a in args):  # 1 is not True
             raise UserError(f"{source}: '{key}' must be one of {list(args)}, got {value!r}.")
         return value
     if hint is Any:
@@ -417,4 +430,5 @@ def _search_rules(search: SearchConfig) -> list[Rule]:
             f"> search.heartbeat_interval ({search.heartbeat_interval})",
         ),
         ("search.max_retry", search.max_retry, search.max_retry >= 0, ">= 0"),
+        ("search.trials_per_gpu", search.trials_per_gpu, search.trials_per_gpu >= 1, ">= 1"),
     ]

@@ -38,6 +38,7 @@ from transformers import get_polynomial_decay_schedule_with_warmup
 from sideformer import distributed
 from sideformer.atomic import atomic_write_json, atomic_write_text
 from sideformer.checkpoint import load_checkpoint, save_checkpoint
+from sideformer.compile_choice import CompileChoice, choose_compile
 from sideformer.config import Config
 from sideformer.data.metadata import DatasetMeta
 from sideformer.distributed import DistEnv
@@ -80,7 +81,8 @@ class ModelAndOptimizer:
     ddp_model: torch.nn.Module
     """DistributedDataParallel around `model` when several processes train, else `model` itself."""
     forward: Callable[..., Any]
-    """What the training step calls: `ddp_model`, compiled when train.compile is set."""
+    """What the training step calls: `ddp_model`, compiled when `compiled` says so."""
+    compiled: CompileChoice
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     autocast_dtype: torch.dtype | None
@@ -216,8 +218,11 @@ def build_model_and_optimizer(
             "fp32 (about 4x for b0 on an AVX2 CPU); train.precision=auto keeps CPUs at fp32"
         )
     # Compiled for the training forward only: validation runs the bare module at other image sizes.
-    forward = torch.compile(ddp_model, mode=config.train.compile_mode) if config.train.compile else ddp_model
-    return ModelAndOptimizer(model, ddp_model, forward, optimizer, scheduler, autocast_dtype, steps_per_epoch)
+    compiled = choose_compile(config.train, env.device.type, env.world_size)
+    forward = torch.compile(ddp_model, mode=compiled.mode) if compiled.enabled else ddp_model
+    return ModelAndOptimizer(
+        model, ddp_model, forward, compiled, optimizer, scheduler, autocast_dtype, steps_per_epoch
+    )
 
 
 def build_optimizer(model: torch.nn.Module, config: Config, fused: bool = False) -> torch.optim.AdamW:
@@ -422,7 +427,7 @@ def _train_steps(
         enabled=env.is_main,
         seconds=config.train.progress_seconds,
     )
-    cuda_graphs = config.train.compile and config.train.compile_mode == "reduce-overhead"
+    cuda_graphs = parts.compiled.cuda_graphs
     with bar:
         for step, (images, masks) in enumerate(loaders.train, start=first):
             if cuda_graphs:
@@ -604,7 +609,7 @@ def _start_line(config: Config, loaders: Loaders, parts: ModelAndOptimizer, env:
         f"{len(loaders.train.dataset)} image(s), validating on "  # type: ignore[arg-type]
         f"{len(loaders.meta.split(config.data.eval_split))}, {env.world_size} process(es) on "
         f"{env.device.type}, {'bf16 autocast' if parts.autocast_dtype else 'fp32'}"
-        f"{f', torch.compile ({config.train.compile_mode})' if config.train.compile else ''}, "
+        f"{f', {parts.compiled.describe()}' if parts.compiled.enabled else ''}, "
         f"{parts.steps_per_epoch} step(s)/epoch"
     )
 

@@ -16,17 +16,20 @@ from sideformer import distributed
 from sideformer.config import Config
 from sideformer.data.check import check_dataset, format_check
 from sideformer.data.dataset import (
+    EncodedDataset,
     EpochSampler,
     SegmentationDataset,
     default_workers,
     pad_collate,
     worker_init,
 )
+from sideformer.data.device_augment import collate_encoded, gpu_decoder_problem
 from sideformer.data.metadata import DatasetMeta, Sample, load_metadata
 from sideformer.data.preresize import default_cache_dir, preresize_samples
 from sideformer.data.transforms import TrainTransform
 from sideformer.distributed import DistEnv
 from sideformer.errors import UserError
+from sideformer.trial_slots import slots_sharing
 from sideformer.validation import eval_loader
 
 log = logging.getLogger(__name__)
@@ -62,25 +65,39 @@ def loader_workers(config: Config) -> int:
     """data.num_workers, or when null the machine's share for each of its training processes."""
     if config.data.num_workers is not None:
         return config.data.num_workers
-    return default_workers(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    # Search slots sharing this GPU (trial_slots) share its machine's cores as local processes do.
+    return default_workers(int(os.environ.get("LOCAL_WORLD_SIZE", "1")) * slots_sharing())
+
+
+def decode_on_device(config: Config, env: DistEnv) -> bool:
+    """data.decode resolved: True decodes and augments training images on the training device."""
+    setting = config.data.decode
+    problem = None if setting != "auto" else gpu_decoder_problem(env.device)
+    on_device = setting == "device" or (setting == "auto" and problem is None)
+    if env.is_main and (on_device or env.device.type == "cuda"):
+        decoder = "nvJPEG" if env.device.type == "cuda" else "OpenCV in this process"
+        where = f"on {env.device.type} ({decoder}, torch ops)"
+        where = where if on_device else "in the loader workers (OpenCV)"
+        log.info("training images decoded and augmented %s%s", where, f": {problem}" if problem else "")
+    return on_device
 
 
 def train_loader(samples: list[Sample], meta: DatasetMeta, config: Config, env: DistEnv) -> DataLoader:
-    """`samples` augmented by TrainTransform, shuffled with train.seed, in batches of train.batch_size."""
+    """`samples` augmented by TrainTransform, shuffled with train.seed, in batches of train.batch_size;
+    decoded and augmented in the loader's workers, or (data.decode) on the training device."""
     data = config.data
     workers = loader_workers(config)
-    dataset = SegmentationDataset(
-        samples,
-        meta.palette,
-        TrainTransform(
-            crop_size=(data.crop_size[0], data.crop_size[1]),
-            base_size=data.base_size or min(data.crop_size),
-            scale_range=(data.scale_range[0], data.scale_range[1]),
-            hflip=data.hflip,
-            color_jitter=data.color_jitter,
-            ignore_index=meta.ignore_index,
-        ),
+    crop_size = (data.crop_size[0], data.crop_size[1])
+    transform = TrainTransform(
+        crop_size=crop_size,
+        base_size=data.base_size or min(data.crop_size),
+        scale_range=(data.scale_range[0], data.scale_range[1]),
+        hflip=data.hflip,
+        color_jitter=data.color_jitter,
+        ignore_index=meta.ignore_index,
     )
+    on_device = decode_on_device(config, env)
+    dataset = (EncodedDataset if on_device else SegmentationDataset)(samples, meta.palette, transform)
     return DataLoader(
         dataset,
         batch_size=config.train.batch_size,
@@ -89,7 +106,7 @@ def train_loader(samples: list[Sample], meta: DatasetMeta, config: Config, env: 
         # so a run resumed inside an epoch draws the same random numbers as one that was never stopped.
         generator=torch.Generator().manual_seed(config.train.seed),
         num_workers=workers,
-        collate_fn=pad_collate(meta.ignore_index),
+        collate_fn=collate_encoded(crop_size) if on_device else pad_collate(meta.ignore_index),
         pin_memory=env.device.type == "cuda",
         drop_last=len(dataset) > config.train.batch_size * env.world_size,  # no size-1 BatchNorm batches
         worker_init_fn=worker_init,

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 
+from sideformer.data.device_augment import EncodedImage, encode_sample
 from sideformer.data.images import read_mask
 from sideformer.data.metadata import Sample
 from sideformer.data.transforms import EvalTransform, TrainTransform
@@ -31,14 +32,29 @@ class SegmentationDataset(Dataset):
 
     def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """`item`: an index, or (index, augmentation seed) from an EpochSampler."""
+        sample, rng = self._sample(item)
+        mask = read_mask(sample.mask, self.palette)
+        image, mask = self.transform.from_file(sample.image, mask, rng)
+        return torch.from_numpy(image).permute(2, 0, 1), torch.from_numpy(mask)
+
+    def _sample(self, item: int | tuple[int, int]) -> tuple[Sample, np.random.Generator]:
         if isinstance(item, tuple):
             index, seed = item
         else:  # torch seeds each loader worker differently every epoch: draw the seed from it
             index, seed = item, int(torch.randint(0, 2**62, ()).item())
-        sample = self.samples[index]
-        mask = read_mask(sample.mask, self.palette)
-        image, mask = self.transform.from_file(sample.image, mask, np.random.default_rng(seed))
-        return torch.from_numpy(image).permute(2, 0, 1), torch.from_numpy(mask)
+        return self.samples[index], np.random.default_rng(seed)
+
+
+class EncodedDataset(SegmentationDataset):
+    """Training samples for data.decode=device: the image's bytes and its augmentation draws, decoded and
+    augmented later on the training device (sideformer.data.device_augment); the mask finished here."""
+
+    transform: TrainTransform
+
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[EncodedImage, torch.Tensor]:  # type: ignore[override]
+        sample, rng = self._sample(item)
+        encoded, mask = encode_sample(sample.image, read_mask(sample.mask, self.palette), self.transform, rng)
+        return encoded, torch.from_numpy(mask)
 
 
 class EpochSampler(Sampler[tuple[int, int]]):

@@ -40,6 +40,18 @@ def read_image(path: Path, reduction: int = 1) -> np.ndarray:
     return image if _DECODES_RGB else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
+def decode_image(data: np.ndarray, path: Path) -> np.ndarray:
+    """An image file's bytes (uint8, 1-D) -> RGB uint8 HxWx3, as `read_image` decodes the file."""
+    image = cv2.imdecode(data, _COLOUR)
+    if image is None:
+        raise UserError(f"{path}: cannot decode image (empty or not an image file).")
+    return image if _DECODES_RGB else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def is_jpeg(path: Path) -> bool:
+    return path.suffix.lower() in _JPEG_SUFFIXES
+
+
 def encode_mask(mask: np.ndarray) -> bytes:
     """A class-id (or BGR colour) mask as PNG bytes, written for fast decoding."""
     ok, png = cv2.imencode(".png", mask, _FAST_PNG)

@@ -53,18 +53,34 @@ def pad_to(
     return image, mask
 
 
+@dataclass(frozen=True)
+class Jitter:
+    """One colour jitter draw: contrast `alpha` around the image mean, brightness `beta`, `saturation`."""
+
+    alpha: float
+    beta: float
+    saturation: float
+
+    @staticmethod
+    def draw(strength: float, rng: np.random.Generator) -> Jitter:
+        alpha = 1.0 + rng.uniform(-strength, strength)
+        beta = 127.5 * rng.uniform(-strength, strength)
+        return Jitter(alpha, beta, 1.0 + rng.uniform(-strength, strength))
+
+
 def jitter_colour(image: np.ndarray, strength: float, rng: np.random.Generator) -> np.ndarray:
     """Brightness, contrast and saturation jitter in one pass over uint8 data."""
-    alpha = 1.0 + rng.uniform(-strength, strength)  # contrast, around the image mean
-    beta = 127.5 * rng.uniform(-strength, strength)  # brightness
+    return apply_jitter(image, Jitter.draw(strength, rng))
+
+
+def apply_jitter(image: np.ndarray, jitter: Jitter) -> np.ndarray:
     mean = sum(cv2.mean(image)[:3]) / 3  # 8x faster than ndarray.mean on a 512x512 crop
     # A 256-entry lookup table: one clipped affine map costs a single pass over the pixels.
-    lut = np.clip(np.arange(256) * alpha + beta + mean * (1 - alpha), 0, 255).astype(np.uint8)
-    out = cv2.LUT(image, lut)
-    saturation = 1.0 + rng.uniform(-strength, strength)
-    if abs(saturation - 1.0) > 1e-3:
+    lut = np.clip(np.arange(256) * jitter.alpha + jitter.beta + mean * (1 - jitter.alpha), 0, 255)
+    out = cv2.LUT(image, lut.astype(np.uint8))
+    if abs(jitter.saturation - 1.0) > 1e-3:
         grey = cv2.cvtColor(cv2.cvtColor(out, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
-        out = cv2.addWeighted(out, saturation, grey, 1.0 - saturation, 0.0)
+        out = cv2.addWeighted(out, jitter.saturation, grey, 1.0 - jitter.saturation, 0.0)
     return out
 
 
@@ -123,24 +139,47 @@ def _off_grid(position: float) -> float:
     return abs(position - round(position))
 
 
+@dataclass(frozen=True)
+class Cut:
+    """What `crop`'s window needs from an array of a given size: the source rows and columns to resize by
+    (fy, fx), and where the window lies in the resized cut."""
+
+    rows: _Span
+    cols: _Span
+    fy: float
+    fx: float
+
+    def place(self, resized_height: int, resized_width: int) -> tuple[int, int]:
+        """(top, left) of the window in the resized cut (kept inside it when resizing rounded a side)."""
+        top = max(0, min(self.rows.offset, resized_height - self.rows.valid))
+        left = max(0, min(self.cols.offset, resized_width - self.cols.valid))
+        return top, left
+
+
+def plan_cut(crop: Crop, size: tuple[int, int], height: int, width: int) -> Cut:
+    """The cut of a `height` x `width` array that `crop`'s window (`size`) needs; it is scaled by its own
+    factor to the same frame, so arrays of any size (a reduced decode, the full mask) land on the same
+    pixels."""
+    rows = _span(crop.top, size[0], crop.frame[0], height)
+    cols = _span(crop.left, size[1], crop.frame[1], width)
+    return Cut(rows, cols, crop.frame[0] / height, crop.frame[1] / width)
+
+
 def cut_scaled(array: np.ndarray, crop: Crop, size: tuple[int, int], nearest: bool) -> np.ndarray:
     """The part of `crop`'s window (`size`) inside the frame, as resizing all of `array` to the scaled
     frame would give it (to within half a pixel), but resizing only the source pixels under the window.
 
     `array` may be any size (a JPEG decoded reduced, or the full-size mask): it is scaled by its own
     factor to the same frame, so image and mask land on the same pixels."""
-    rows = _span(crop.top, size[0], crop.frame[0], array.shape[0])
-    cols = _span(crop.left, size[1], crop.frame[1], array.shape[1])
-    region = array[rows.start : rows.stop, cols.start : cols.stop]
-    fy, fx = crop.frame[0] / array.shape[0], crop.frame[1] / array.shape[1]
-    if (fy, fx) != (1.0, 1.0):
-        shrink = fy * fx < 1
+    cut = plan_cut(crop, size, *array.shape[:2])
+    region = array[cut.rows.start : cut.rows.stop, cut.cols.start : cut.cols.stop]
+    if (cut.fy, cut.fx) != (1.0, 1.0):
+        shrink = cut.fy * cut.fx < 1
         interp = cv2.INTER_NEAREST_EXACT if nearest else cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
         # fx/fy rather than a target size: the cut is resized by exactly the whole frame's factor.
-        region = cv2.resize(region, None, fx=fx, fy=fy, interpolation=interp)
-    top = max(0, min(rows.offset, region.shape[0] - rows.valid))
-    left = max(0, min(cols.offset, region.shape[1] - cols.valid))
-    return region[top : top + rows.valid, left : left + cols.valid]
+        region = cv2.resize(region, None, fx=cut.fx, fy=cut.fy, interpolation=interp)
+    top, left = cut.place(*region.shape[:2])
+    return region[top : top + cut.rows.valid, left : left + cut.cols.valid]
 
 
 @dataclass(frozen=True)
@@ -192,6 +231,18 @@ class TrainTransform:
         if self.color_jitter > 0:
             image = jitter_colour(np.ascontiguousarray(image), self.color_jitter, rng)
         return np.ascontiguousarray(image), np.ascontiguousarray(mask)
+
+    def deferred(self, mask: np.ndarray, rng: np.random.Generator) -> tuple[Crop, Jitter | None, np.ndarray]:
+        """For an image decoded later, on the training device: the draws `from_file` makes, in the same
+        order from the same `rng` (crop, then jitter), and the finished mask, cut exactly as `apply` cuts
+        it. sideformer.data.device_augment does the image's part."""
+        crop = self.draw(*mask.shape, rng)
+        jitter = Jitter.draw(self.color_jitter, rng) if self.color_jitter > 0 else None
+        mask = cut_scaled(mask, crop, self.crop_size, nearest=True)
+        dh, dw = self.crop_size[0] - mask.shape[0], self.crop_size[1] - mask.shape[1]
+        if dh or dw:
+            mask = cv2.copyMakeBorder(mask, 0, dh, 0, dw, cv2.BORDER_CONSTANT, value=self.ignore_index)
+        return crop, jitter, np.ascontiguousarray(cv2.flip(mask, 1) if crop.flip else mask)
 
 
 @dataclass(frozen=True)

@@ -351,6 +351,12 @@ spec:
 {{- if not (kindIs "invalid" .Values.tune.nTrials) }}
 {{- $args = concat $args (list "--n-trials" (toString .Values.tune.nTrials)) -}}
 {{- end }}
+{{- with .Values.tune.trialsPerGpu }}{{ if gt (int .) 1 }}
+{{- if or (ne (int $.Values.tune.gpusPerNode) 1) (ne (int $.Values.tune.nodesPerTrial) 1) }}
+{{- fail "tune.trialsPerGpu > 1 shares one GPU among one-process trials: set tune.gpusPerNode=1 and tune.nodesPerTrial=1" }}
+{{- end }}
+{{- $args = concat $args (list "--trials-per-gpu" (toString .)) -}}
+{{- end }}{{ end }}
 {{- toYaml (concat $args .Values.tune.extraArgs) }}
 {{- end }}
 
