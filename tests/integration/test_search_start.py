@@ -42,8 +42,10 @@ def previous_study(url: str, name: str = "old", direction: str = "maximize") -> 
 
 
 def waiting_params(url: str, name: str) -> list[dict[str, float]]:
+    """The parameters enqueued in study `name`, in queue order (a waiting trial has them as fixed_params)."""
     study = optuna.load_study(study_name=name, storage=url)
-    return [t.params for t in study.get_trials(deepcopy=False) if t.state == TrialState.WAITING]
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    return [t.system_attrs["fixed_params"] for t in sorted(waiting, key=lambda t: t.number)]
 
 
 def test_warm_start_from_a_study_enqueues_its_best_trials_first_then_the_recipe_once(
@@ -70,7 +72,8 @@ def test_warm_start_from_a_file_runs_its_parameters_as_the_first_trial(
     assert proc.returncode == 0, proc.stdout + proc.stderr
     trials = optuna.load_study(study_name="test", storage=url).get_trials(deepcopy=False)
     assert trials[0].state == TrialState.COMPLETE and trials[0].params == previous
-    assert trials[1].state == TrialState.WAITING and trials[1].params["optim.lr"] == pytest.approx(6e-5)
+    assert trials[1].state == TrialState.WAITING
+    assert trials[1].system_attrs["fixed_params"]["optim.lr"] == pytest.approx(6e-5)  # then the recipe
 
 
 @pytest.mark.parametrize(
@@ -140,11 +143,16 @@ def test_timeout_is_shared_by_the_workers_and_leaves_no_trial_running(
     trials = study.get_trials(deepcopy=False)
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     started = [t for t in trials if t.datetime_start is not None]
-    assert started and len([t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]) < budget
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert started and len(finished) < budget
     # Optuna stores naive local times; the deadline is UTC.
     local_deadline = deadline.astimezone().replace(tzinfo=None)
     assert all(t.datetime_start <= local_deadline for t in started), [t.datetime_start for t in started]
     assert all("no new trial starts" in log.read_text() for log in logs)
+
+
+def report_cmd(url: str, name: str, out: Path) -> list[str]:
+    return sideformer("study", "report", "--storage", url, "--study", name, "--output", str(out))
 
 
 def tell_trials(url: str, name: str) -> None:
@@ -162,10 +170,12 @@ def tell_trials(url: str, name: str) -> None:
         study.tell(trial, max(curve) if state != TrialState.PRUNED else None, state=state)
 
 
-def test_study_report_writes_the_top_trials_and_optuna_s_plots(tmp_path: Path, postgres_url: str, run) -> None:
+def test_study_report_writes_the_top_trials_and_optuna_s_plots(
+    tmp_path: Path, postgres_url: str, run
+) -> None:
     tell_trials(postgres_url, "done")
     out = tmp_path / "report"
-    proc = run(sideformer("study", "report", "--storage", postgres_url, "--study", "done", "--output", str(out)))
+    proc = run(report_cmd(postgres_url, "done", out))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("study 'done': 3 trial(s), 2 complete, 1 pruned")
@@ -182,7 +192,7 @@ def test_study_report_on_a_study_without_finished_trials_is_one_line(
     config = write_config(tmp_path / "search.yaml")
     assert run(study_create(postgres_url, config, "fresh")).returncode == 0  # holds the waiting recipe
     out = tmp_path / "report"
-    proc = run(sideformer("study", "report", "--storage", postgres_url, "--study", "fresh", "--output", str(out)))
+    proc = run(report_cmd(postgres_url, "fresh", out))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.strip().splitlines() == ["study 'fresh' has no finished trial yet: nothing to report."]
     assert not out.exists()
