@@ -6,8 +6,10 @@
   SegFormer recipe), so a search never starts from nothing. Workers that join later enqueue nothing.
 - Deadline (`--timeout SECONDS`, `search.timeout`): an absolute UTC time stored in the study's user
   attribute `deadline` by whoever creates the study, or by the first worker with a timeout that finds none.
-  Every worker of the study reads the same deadline, so several workers on one PostgreSQL study stop
-  together however late each one started. After it no worker starts a trial; running trials finish.
+  Every worker reads the study's deadline before each trial, so several workers on one PostgreSQL study
+  stop together however late each one started (and an operator may move it with Optuna's
+  `study.set_user_attr("deadline", ISO-TIME)`). After it no worker starts a trial; running trials finish,
+  and a worker exits once none is running, so the study's best is known when they are gone.
 
 Everything a warm start reads is checked before anything is written: a missing file or study, a parameter
 outside today's space, another objective or direction is one UserError.
@@ -127,6 +129,12 @@ def study_deadline(study: optuna.Study, timeout: float | None) -> datetime.datet
         log.info(
             "the study's deadline %s was set when it started; this worker's --timeout is not used", stored
         )
+    return None if stored is None else datetime.datetime.fromisoformat(stored)
+
+
+def read_deadline(study: optuna.Study) -> datetime.datetime | None:
+    """The study's deadline now (one query): `study.set_user_attr("deadline", ...)` moves it for all."""
+    stored = study.user_attrs.get(DEADLINE_ATTR)
     return None if stored is None else datetime.datetime.fromisoformat(stored)
 
 

@@ -126,12 +126,14 @@ def _lead(
             finished = states[TrialState.COMPLETE] + states[TrialState.PRUNED]
             if finished >= search.n_trials:
                 break
-            if search_start.past(deadline):
+            in_flight, waiting = states[TrialState.RUNNING], states[TrialState.WAITING]
+            deadline = search_start.read_deadline(study)  # each round: it may be moved while running
+            if search_start.past(deadline) and in_flight == 0:
                 log.info("the study's time budget ended at %s; no new trial starts", deadline)
                 break
-            in_flight, waiting = states[TrialState.RUNNING], states[TrialState.WAITING]
-            if finished + in_flight >= search.n_trials and waiting == 0:
-                # Other workers run the last trials. Stay, to pick up the retry if one of them dies.
+            if (finished + in_flight >= search.n_trials and waiting == 0) or search_start.past(deadline):
+                # Other workers run the last trials (or the time is up and theirs finish). Stay, to pick
+                # up the retry if one of them dies before the deadline, and to report the best after.
                 optuna_compat.fail_stale_trials(study)
                 _fail_trials_that_never_beat(study, trials, search)
                 distributed.broadcast_object(("wait", None), env)
