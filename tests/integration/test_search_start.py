@@ -12,8 +12,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from tests.helpers import wait_until
 from tests.integration.conftest import sideformer
-from tests.integration.test_tune import search_cmd, start, wait_all, write_config
+from tests.integration.test_tune import create_study, search_cmd, start, wait_all, write_config
 from tests.integration.test_tune_cli import assert_one_line_error
 
 pytestmark = pytest.mark.slow
@@ -123,32 +124,40 @@ def test_timeout_is_shared_by_the_workers_and_leaves_no_trial_running(
 ) -> None:
     budget = 100  # far more than fits in the time budget
     config = write_config(tmp_path / "search.yaml", n_trials=budget, epochs=2, pruner="none")
-    proc = run(study_create(postgres_url, config, "test", "--timeout", "45"))
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    study = optuna.load_study(study_name="test", storage=postgres_url)
-    deadline = datetime.datetime.fromisoformat(study.user_attrs["deadline"])
-
+    create_study(config, postgres_url, run)
     output = tmp_path / "out"
     logs = [tmp_path / f"worker{i}.log" for i in range(2)]
-    # A worker's own --timeout does not move the deadline the study started with.
-    procs = [
-        start(search_cmd(synth_dataset, output, config, postgres_url, "--seed", str(i), "--timeout", "3600"),
-              logs[i])
-        for i in range(2)
-    ]  # fmt: skip
+    command = search_cmd(synth_dataset, output, config, postgres_url, "--seed", "0", "--timeout", "30")
+    procs = [start(command, logs[0])]
+    study = optuna.load_study(study_name="test", storage=postgres_url)
+    # The first worker with a timeout sets the study's deadline; a later worker's own timeout moves nothing.
+    stored = wait_until(lambda: study.user_attrs.get("deadline"), 300, lambda: logs[0].read_text())
+    command = search_cmd(synth_dataset, output, config, postgres_url, "--seed", "1", "--timeout", "3600")
+    procs.append(start(command, logs[1]))
     wait_all(procs, logs)
 
     study = optuna.load_study(study_name="test", storage=postgres_url)
-    assert datetime.datetime.fromisoformat(study.user_attrs["deadline"]) == deadline
+    assert study.user_attrs["deadline"] == stored
     trials = study.get_trials(deepcopy=False)
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     started = [t for t in trials if t.datetime_start is not None]
     finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert started and len(finished) < budget
-    # Optuna stores naive local times; the deadline is UTC.
-    local_deadline = deadline.astimezone().replace(tzinfo=None)
-    assert all(t.datetime_start <= local_deadline for t in started), [t.datetime_start for t in started]
+    # No trial started after the deadline (Optuna stores naive local times; the deadline is UTC).
+    deadline = datetime.datetime.fromisoformat(stored).astimezone().replace(tzinfo=None)
+    assert all(t.datetime_start <= deadline for t in started), [t.datetime_start for t in started]
     assert all("no new trial starts" in log.read_text() for log in logs)
+    assert json.loads((output / "best_hyperparams.json").read_text())["finished_trials"] == len(finished)
+
+
+def test_study_create_stores_the_deadline(tmp_path: Path, postgres_url: str, run) -> None:
+    config = write_config(tmp_path / "search.yaml")
+    before = datetime.datetime.now(datetime.timezone.utc)
+    assert run(study_create(postgres_url, config, "timed", "--timeout", "3600")).returncode == 0
+    deadline = datetime.datetime.fromisoformat(
+        optuna.load_study(study_name="timed", storage=postgres_url).user_attrs["deadline"]
+    )
+    assert before + datetime.timedelta(seconds=3600) <= deadline
 
 
 def report_cmd(url: str, name: str, out: Path) -> list[str]:
