@@ -378,7 +378,7 @@ def main() -> int:
     print(f"machine: {describe(info)}")
     print(
         f"task: b0 random init, synthetic 22-class scenes {args.size}x{args.size}, {args.images} train / "
-        f"{max(8, args.images // 3)} valid; {args.trials} trials x {args.epochs} epochs, wall budget "
+        f"{max(8, args.images // 3)} valid; {args.trials} trials x {args.epochs} epochs, budget "
         f"{args.budget:.0f} CPU-clock s per run; {args.seeds} seed(s) x {len(chosen)} strategies"
     )
     runs: list[dict[str, Any]] = []
