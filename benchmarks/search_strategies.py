@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import datetime
+import json
 import math
 import os
 import statistics
@@ -354,16 +355,26 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="smoke test: 1 seed, sequential vs new, tiny")
     parser.add_argument("--json", type=Path, help="write every run here (rewritten after each run)")
     parser.add_argument("--png", type=Path, help="write the median curves here")
-    parser.add_argument("--analyze", type=Path, help="summarise a JSON file of an earlier run; run nothing")
+    parser.add_argument(
+        "--analyze", type=Path, nargs="+", metavar="FILE",
+        help="summarise the JSON files of earlier runs (e.g. seeds run as separate commands); run nothing",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.analyze:
-        doc = yaml.safe_load(args.analyze.read_text())  # JSON is YAML
-        saved = argparse.Namespace(**doc["settings"])
-        summary = summarise(doc["runs"], args.target_share)
-        print(f"machine: {describe(doc['machine'])}")
-        print_summary(summary, saved.budget)
+        docs = [json.loads(path.read_text()) for path in args.analyze]
+        budgets = {doc["settings"]["budget"] for doc in docs}
+        if len(budgets) != 1:
+            parser.error(f"--analyze: the files have different budgets {sorted(budgets)}")
+        runs = [run for doc in docs for run in doc["runs"]]
+        summary = summarise(runs, args.target_share)
+        for doc in docs:
+            print(f"machine: {describe(doc['machine'])}")
+        print_summary(summary, budgets.pop())
+        if args.json:
+            write_json(args.json, args, machine=docs[0]["machine"], settings={"analyze": [
+                str(p) for p in args.analyze], "png": str(args.png)}, runs=runs, summary=summary)  # fmt: skip
         if args.png:
-            plot(doc["runs"], summary, saved.budget, args.png)
+            plot(runs, summary, docs[0]["settings"]["budget"], args.png)
             print(f"wrote {args.png}")
         return 0
     if args.quick:
@@ -382,7 +393,7 @@ def main() -> int:
         f"{args.budget:.0f} CPU-clock s per run; {args.seeds} seed(s) x {len(chosen)} strategies"
     )
     runs: list[dict[str, Any]] = []
-    paths = {"png": str(args.png) if args.png else None, "analyze": None}
+    paths = {"png": str(args.png) if args.png else None, "analyze": None, "json": None}
     with tempfile.TemporaryDirectory(prefix="sideformer-strategies-") as tmp:
         root = Path(tmp)
         data = write_synthetic_dataset(
