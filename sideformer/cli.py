@@ -193,7 +193,7 @@ def _add_training_commands(commands: Commands) -> None:
 
 
 def _add_study_commands(commands: Commands) -> None:
-    study = commands.add_parser("study", help="create, inspect or export an Optuna study")
+    study = commands.add_parser("study", help="create, inspect, report on or export an Optuna study")
     study_commands = study.add_subparsers(title="study commands", metavar="ACTION", required=True)
     create = study_commands.add_parser("create", help="create the study if it does not exist (idempotent)")
     best = study_commands.add_parser("best", help="print the best trial's parameters as JSON")
