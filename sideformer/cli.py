@@ -218,14 +218,23 @@ def _add_training_commands(commands: Commands) -> None:
 
 
 def _add_study_commands(commands: Commands) -> None:
-    study = commands.add_parser("study", help="create, inspect or export an Optuna study")
+    study = commands.add_parser("study", help="create, inspect, report on or export an Optuna study")
     study_commands = study.add_subparsers(title="study commands", metavar="ACTION", required=True)
     create = study_commands.add_parser("create", help="create the study if it does not exist (idempotent)")
     best = study_commands.add_parser("best", help="print the best trial's parameters as JSON")
     best.add_argument("--out", type=Path, help="also write them to this file (best_hyperparams.json format)")
     export = study_commands.add_parser("export", help="write every trial as one JSON object per line")
     export.add_argument("--out", type=Path, required=True, help="JSON-lines file to write")
-    for sub, handler in ((create, _study_create), (best, _study_best), (export, _study_export)):
+    report = study_commands.add_parser(
+        "report",
+        help="print the top trials and write PNGs: best value over time, parameter importances, "
+        "intermediate values of pruned vs finished trials",
+    )
+    report.add_argument("--output", type=Path, help="folder for the PNGs (default: ./STUDY-report)")
+    report.add_argument("--top", type=int, default=10, help="trials in the table (default: %(default)s)")
+    subs = ((create, _study_create), (best, _study_best), (export, _study_export), (report, _study_report))
+    _add_study_start_args(create)
+    for sub, handler in subs:
         _add_study_args(sub, required_storage=True)
         sub.add_argument("--config", type=Path, help="YAML config (its search section: objective, space)")
         sub.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -387,6 +396,24 @@ def _add_study_args(
             "--n-trials", type=int, help="the study's budget of finished trials (search.n_trials)"
         )
         parser.add_argument("--seed", type=int, help="sampler seed (default: random, distinct per worker)")
+        _add_study_start_args(parser)
+
+
+def _add_study_start_args(parser: argparse.ArgumentParser) -> None:
+    """What a new study starts with; applied by whoever creates it (later workers only read it)."""
+    parser.add_argument(
+        "--timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        help="wall-clock budget beside the trial count (search.timeout): no trial starts after it; the "
+        "deadline is stored in the study when it starts and shared by all its workers",
+    )
+    parser.add_argument(
+        "--warm-start",
+        metavar="FROM",
+        help="seed a new study with earlier results: a best_hyperparams.json, a study name in --storage, "
+        "or STORAGE_URL#STUDY (its 3 best trials); they run first",
+    )
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -419,6 +446,16 @@ def _inference_size(text: str) -> int | tuple[int, int]:
     if min(height, width) < 32:
         raise argparse.ArgumentTypeError(f"size must be >= 32 pixels each way, got {text!r}")
     return height, width
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds such as 3600, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0 seconds, got {text!r}")
+    return value
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -550,6 +587,8 @@ def _run_config(args: argparse.Namespace, argv: list[str]):  # -> Config
         overrides.append(f"search.n_trials={args.n_trials}")
     if getattr(args, "trials_per_gpu", None) is not None:
         overrides.append(f"search.trials_per_gpu={args.trials_per_gpu}")
+    if getattr(args, "timeout", None) is not None:
+        overrides.append(f"search.timeout={args.timeout}")
     config = load_config(args.config, overrides)
     from sideformer import trial_slots
     from sideformer.launch import relaunch_under_torchrun
@@ -579,7 +618,7 @@ def _search(args: argparse.Namespace, argv: list[str]) -> int:
         return trial_slots.run_side_by_side(config.search.trials_per_gpu, argv, args.seed)
     with distributed.process_group(config.train.device) as env:
         trial_slots.limit_memory(env.device.type)
-        run_search(config, storage, args.study, env, seed=args.seed)
+        run_search(config, storage, args.study, env, seed=args.seed, warm_start=args.warm_start)
     return 0
 
 
@@ -610,11 +649,22 @@ def _tune(args: argparse.Namespace, argv: list[str]) -> int:
         read_hyperparams(hyperparams_file)  # a bad file fails now, before any process starts
     with distributed.process_group(config.train.device) as env:
         if storage is not None:
-            run_search(config, storage, args.study, env, seed=args.seed)
+            run_search(config, storage, args.study, env, seed=args.seed, warm_start=args.warm_start)
+            distributed.on_main(env, lambda: _report_search(storage, args.study, config))
         best = distributed.on_main(env, lambda: read_hyperparams(hyperparams_file))
         result = run_final(config, best, env=env)
     _print_final(result)
     return 0
+
+
+def _report_search(storage_url: str, study_name: str, config) -> None:
+    """The end-of-search report of `tune`: the top trials, and PNGs in OUTPUT/search_report/."""
+    from sideformer.study import load_study, open_storage
+    from sideformer.study_report import describe, write_study_report
+
+    study = load_study(open_storage(storage_url, config.search), study_name)
+    report = write_study_report(study, Path(config.output) / "search_report")
+    print(describe(report, study_name))
 
 
 def _print_final(result) -> None:
@@ -622,20 +672,30 @@ def _print_final(result) -> None:
     print(f"final model after {best.epoch} epoch(s): mIoU {best.val_miou:.4f}; outputs in {result.output}")
 
 
-def _study_storage(args: argparse.Namespace):  # -> (RDBStorage, Config)
+def _admin_config(args: argparse.Namespace):  # -> Config
     from sideformer.config import load_config
+
+    overrides = list(args.overrides)
+    if getattr(args, "timeout", None) is not None:
+        overrides.append(f"search.timeout={args.timeout}")
+    return load_config(args.config, overrides)
+
+
+def _study_storage(args: argparse.Namespace):  # -> (RDBStorage, Config)
     from sideformer.study import admin_storage_url, open_storage
 
     url = admin_storage_url(args.storage)
-    config = load_config(args.config, args.overrides)
+    config = _admin_config(args)
     return open_storage(url, config.search), config
 
 
 def _study_create(args: argparse.Namespace, argv: list[str]) -> int:
-    from sideformer.study import create_study, redact
+    from sideformer.study import admin_storage_url, redact
+    from sideformer.tune import open_study, parse_space
 
-    storage, config = _study_storage(args)
-    study = create_study(storage, args.study, config.search)
+    config = _admin_config(args)
+    url = admin_storage_url(args.storage)
+    study = open_study(config, parse_space(config.search.space), url, args.study, args.warm_start)
     print(
         f"study {study.study_name!r} ({study.direction.name.lower()} {config.search.objective}) is ready "
         f"with {len(study.trials)} trial(s) in {redact(args.storage or os.environ['OPTUNA_STORAGE'])}"
@@ -664,6 +724,17 @@ def _study_export(args: argparse.Namespace, argv: list[str]) -> int:
     storage, _ = _study_storage(args)
     count = export_trials(load_study(storage, args.study), args.out)
     print(f"wrote {count} trial(s) of study {args.study!r} to {args.out}")
+    return 0
+
+
+def _study_report(args: argparse.Namespace, argv: list[str]) -> int:
+    from sideformer.study import load_study
+    from sideformer.study_report import describe, write_study_report
+
+    storage, _ = _study_storage(args)
+    study = load_study(storage, args.study)
+    report = write_study_report(study, args.output or Path(f"{args.study}-report"), args.top)
+    print(describe(report, args.study))
     return 0
 
 

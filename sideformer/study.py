@@ -7,11 +7,12 @@ Used by the search (`tune`) and by `sideformer study create|best|export`. Storag
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -82,19 +83,31 @@ def admin_storage_url(url: str | None) -> str:
     return resolve_storage_url(url, ".")
 
 
-def create_study(storage: optuna.storages.RDBStorage, name: str, search: SearchConfig) -> optuna.Study:
+def create_study(
+    storage: optuna.storages.RDBStorage,
+    name: str,
+    search: SearchConfig,
+    first_trials: Sequence[dict[str, Any]] = (),
+    deadline: datetime.datetime | None = None,
+) -> optuna.Study:
     """Create the study if it does not exist, else load it. Safe when many processes race on an empty
-    database: Optuna's own create_study(load_if_exists=True) is not (optuna#1092)."""
+    database: Optuna's own create_study(load_if_exists=True) is not (optuna#1092). Only the process that
+    creates it enqueues `first_trials` (parameters in stored form) and records `deadline`, so many workers
+    starting at once add them exactly once."""
 
     def create_or_load() -> optuna.Study:
         try:
             study = optuna.create_study(
                 storage=storage, study_name=name, direction=DIRECTIONS[search.objective]
             )
-            study.set_user_attr("objective", search.objective)
-            return study
         except optuna.exceptions.DuplicatedStudyError:
             return optuna.load_study(study_name=name, storage=storage)
+        study.set_user_attr("objective", search.objective)
+        if deadline is not None:
+            study.set_user_attr("deadline", deadline.isoformat())
+        for params in first_trials:
+            study.enqueue_trial(params, user_attrs={"enqueued": "first trials"})
+        return study
 
     study = with_retries(create_or_load)
     if study.direction.name.lower() != DIRECTIONS[search.objective]:

@@ -15,27 +15,25 @@ from __future__ import annotations
 import datetime
 import json
 import logging
-import math
 import os
 import secrets
 import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
 import sqlalchemy.exc
-from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from sideformer import distributed, optuna_compat
+from sideformer import distributed, optuna_compat, search_start
 from sideformer.atomic import atomic_write_json
-from sideformer.config import Config, SearchConfig, load_config
+from sideformer.config import Config, SearchConfig
 from sideformer.data.metadata import load_metadata
 from sideformer.distributed import DistEnv
 from sideformer.errors import Stopped, UserError, first_line
 from sideformer.rundir import RunDir
+from sideformer.search_space import Param, apply_params, parse_space, space_size
 from sideformer.study import create_study, load_study, open_storage, redact, resolve_storage_url, with_retries
 from sideformer.train import TrainResult, train
 from sideformer.train_state import EpochMetrics
@@ -45,91 +43,6 @@ log = logging.getLogger(__name__)
 WAIT_SECONDS = 5.0
 WORKER_ID_ENV = "SIDEFORMER_WORKER_ID"  # unique among the running workers, the same after a restart
 MAX_DATABASE_ERRORS = 60  # consecutive failed attempts, WAIT_SECONDS apart: five minutes
-
-
-# --- the search space ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Param:
-    key: str
-    distribution: optuna.distributions.BaseDistribution
-    labels: dict[str, Any]
-    """Categorical choices Optuna cannot store (lists such as a crop size) travel as their JSON text."""
-
-
-def parse_space(space: dict[str, dict[str, Any]]) -> list[Param]:
-    """Validate `search.space` into Optuna distributions; every key must be a config key."""
-    params = []
-    for key, spec in space.items():
-        where = f"search.space.{key}"
-        if key.split(".")[0] in ("search", "output") or key == "data.path":
-            raise UserError(f"{where}: '{key}' cannot be searched.")
-        kind = spec.get("type")
-        extra = set(spec) - {"type", "low", "high", "log", "step", "choices"}
-        if extra:
-            raise UserError(
-                f"{where}: unknown field(s) {sorted(extra)}; use type, low, high, log, step, choices."
-            )
-        labels: dict[str, Any] = {}
-        try:
-            if kind in ("float", "int"):
-                low, high = spec["low"], spec["high"]
-                cls = FloatDistribution if kind == "float" else IntDistribution
-                convert = float if kind == "float" else int
-                step = spec.get("step")
-                distribution = cls(
-                    convert(low), convert(high), log=bool(spec.get("log", False)),
-                    step=None if step is None else convert(step),
-                )  # fmt: skip
-            elif kind == "categorical":
-                choices = spec["choices"]
-                if not isinstance(choices, list) or not choices:
-                    raise ValueError("choices must be a non-empty list")
-                stored = []
-                for choice in choices:
-                    if isinstance(choice, list | dict):
-                        labels[json.dumps(choice)] = choice
-                        choice = json.dumps(choice)
-                    stored.append(choice)
-                distribution = CategoricalDistribution(stored)
-            else:
-                raise ValueError(f"type must be float, int or categorical, got {kind!r}")
-        except (KeyError, ValueError, TypeError) as exc:
-            detail = f"missing '{exc.args[0]}'" if isinstance(exc, KeyError) else str(exc)
-            raise UserError(f"{where}: {detail}.") from None
-        params.append(Param(key, distribution, labels))
-    # Every key must name a config setting: resolve one sample to find out now, not in trial 7.
-    apply_params(Config(), {p.key: _any_value(p) for p in params}, source="search.space")
-    return params
-
-
-def _any_value(param: Param) -> Any:
-    d = param.distribution
-    value = d.choices[0] if hasattr(d, "choices") else d.low
-    return param.labels.get(value, value) if isinstance(value, str) else value
-
-
-def space_size(params: list[Param]) -> float:
-    size = 1.0
-    for p in params:
-        d = p.distribution
-        if hasattr(d, "choices"):
-            size *= len(d.choices)
-        elif isinstance(d.low, int) and not d.log:
-            size *= (d.high - d.low) // d.step + 1
-        else:
-            return math.inf
-    return size
-
-
-def apply_params(config: Config, params: dict[str, Any], source: str = "hyperparameters") -> Config:
-    """A copy of `config` with dotted-key parameters set, validated like --set."""
-    overrides = [f"{key}={json.dumps(value)}" for key, value in params.items()]
-    try:
-        return load_config(base=config.to_dict(), overrides=overrides)
-    except UserError as exc:
-        raise UserError(f"{source}: {exc}") from None
 
 
 # --- running trials -----------------------------------------------------------------------------------
@@ -144,16 +57,22 @@ class DuplicateTrial(Exception):
 
 
 def run_search(
-    config: Config, storage_url: str, study_name: str, env: DistEnv, seed: int | None = None
+    config: Config,
+    storage_url: str,
+    study_name: str,
+    env: DistEnv,
+    seed: int | None = None,
+    warm_start: str | None = None,
 ) -> dict[str, Any] | None:
-    """Run trials until the study holds `search.n_trials` finished ones; return the best hyperparameters
-    (also written to <output>/best_hyperparams.json). Every rank of a torchrun worker calls this, inside
-    the command's `distributed.process_group()`."""
+    """Run trials until the study holds `search.n_trials` finished ones or its deadline (search.timeout)
+    passes; return the best hyperparameters (also written to <output>/best_hyperparams.json). Every rank
+    of a torchrun worker calls this, inside the command's `distributed.process_group()`. `warm_start`
+    (see search_start.warm_start_trials) seeds a study this call creates."""
     if not env.is_main:
         _follow(env)
         return None
     try:
-        return _lead(config, storage_url, study_name, seed, env)
+        return _lead(config, storage_url, study_name, seed, env, warm_start)
     finally:
         distributed.broadcast_object(("stop", None), env)
 
@@ -179,7 +98,7 @@ def _caused_by_database(exc: BaseException) -> bool:
 
 
 def _lead(
-    config: Config, storage_url: str, study_name: str, seed: int | None, env: DistEnv
+    config: Config, storage_url: str, study_name: str, seed: int | None, env: DistEnv, warm_start: str | None
 ) -> dict[str, Any]:
     search = config.search
     params = parse_space(search.space)
@@ -188,8 +107,8 @@ def _lead(
             f"search.space has only {space_size(params):.0f} distinct combinations for "
             f"search.n_trials={search.n_trials}; widen the space or lower the budget."
         )
-    storage = open_storage(storage_url, search)
-    study = create_study(storage, study_name, search)
+    study = open_study(config, params, storage_url, study_name, warm_start)
+    deadline = search_start.study_deadline(study, search.timeout)
     seed = seed if seed is not None else secrets.randbits(31)  # distinct per worker: no duplicate proposals
     study.sampler = optuna.samplers.TPESampler(
         seed=seed, constant_liar=True, n_startup_trials=search.sampler_startup_trials
@@ -208,8 +127,13 @@ def _lead(
             if finished >= search.n_trials:
                 break
             in_flight, waiting = states[TrialState.RUNNING], states[TrialState.WAITING]
-            if finished + in_flight >= search.n_trials and waiting == 0:
-                # Other workers run the last trials. Stay, to pick up the retry if one of them dies.
+            deadline = search_start.read_deadline(study)  # each round: it may be moved while running
+            if search_start.past(deadline) and in_flight == 0:
+                log.info("the study's time budget ended at %s; no new trial starts", deadline)
+                break
+            if (finished + in_flight >= search.n_trials and waiting == 0) or search_start.past(deadline):
+                # Other workers run the last trials (or the time is up and theirs finish). Stay, to pick
+                # up the retry if one of them dies before the deadline, and to report the best after.
                 optuna_compat.fail_stale_trials(study)
                 _fail_trials_that_never_beat(study, trials, search)
                 distributed.broadcast_object(("wait", None), env)
@@ -243,7 +167,7 @@ def _lead(
                 raise UserError(f"lost the study database {redact(storage_url)}: {first_line(exc)}") from None
             log.warning("study database unavailable (%s); retrying in %.0fs", first_line(exc), WAIT_SECONDS)
             time.sleep(WAIT_SECONDS)
-    best = best_hyperparams(study, search)
+    best = best_hyperparams(study, search, timed_out=search_start.past(deadline))
     atomic_write_json(RunDir(config.output).hyperparams, best)
     log.info(
         "study %r has %d finished trials; best %s = %.4f",
@@ -253,6 +177,29 @@ def _lead(
         best["value"],
     )
     return best
+
+
+def open_study(
+    config: Config, params: list[Param], storage_url: str, study_name: str, warm_start: str | None = None
+) -> optuna.Study:
+    """Create or load the study. A warm start is read and checked before the storage is touched; the
+    creating process enqueues it and the recipe trial (search_start)."""
+    search = config.search
+    warm = (
+        [] if warm_start is None else search_start.warm_start_trials(warm_start, config, params, storage_url)
+    )
+    recipe = search_start.recipe_trial(config, params) if search.start_from_config else {}
+    first = search_start.first_trials(warm, recipe)
+    storage = open_storage(storage_url, search)
+    existed = study_name in {s.study_name for s in optuna.get_all_study_summaries(storage)}
+    study = create_study(storage, study_name, search, first, search_start.deadline_from(search.timeout))
+    if existed and warm:
+        log.warning(
+            "study %r already existed: --warm-start only seeds a new study, nothing enqueued", study_name
+        )
+    elif not existed and first:
+        log.info("study %r starts with %d enqueued trial(s): %s", study_name, len(first), json.dumps(first))
+    return study
 
 
 def _reclaim_own_trials(study: optuna.Study) -> None:
@@ -366,6 +313,12 @@ def _pruner(search: SearchConfig) -> optuna.pruners.BasePruner:
         return optuna.pruners.PercentilePruner(
             25.0, search.pruner_startup_trials, search.pruner_warmup_epochs
         )
+    if search.pruner == "asha":
+        # Rungs at min_resource * 3**k epochs (1, 3, 9, ...); asynchronous, so no worker waits for a rung
+        # to fill, and a trial's only cost of losing is the epochs it already ran.
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=max(1, search.pruner_warmup_epochs), reduction_factor=3
+        )
     if search.pruner == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=search.epochs)
     return optuna.pruners.NopPruner()
@@ -382,8 +335,13 @@ def _fail_trials_that_never_beat(study: optuna.Study, trials: list, search: Sear
 # --- best parameters and the final run ----------------------------------------------------------------
 
 
-def best_hyperparams(study: optuna.Study, search: SearchConfig) -> dict[str, Any]:
+def best_hyperparams(study: optuna.Study, search: SearchConfig, timed_out: bool = False) -> dict[str, Any]:
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete and timed_out:
+        raise UserError(
+            f"study {study.study_name!r}: its time budget (--timeout / search.timeout) ended before any "
+            f"trial completed; give it more time or a new --study."
+        )
     if not complete:
         raise UserError(
             f"study {study.study_name!r} has no completed trial yet; run `sideformer search` first."

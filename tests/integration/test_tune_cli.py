@@ -38,6 +38,10 @@ def test_tune_searches_then_trains_the_final_model(synth_dataset: Path, tmp_path
     assert summary["epochs_run"] == best["best_epoch"]
     assert (output / "final_ckpts/best_model.pth").is_file() and (output / "final_ckpts/model").is_dir()
     assert "on 24 image(s)" in proc.stdout  # the final run trains on train + valid (16 + 8)
+    # The end-of-search report: the top trials, and Optuna's plots beside the outputs.
+    assert "study 'sideformer': 2 trial(s), 2 complete" in proc.stdout
+    for name in ("optimization_history.png", "intermediate_values.png"):
+        assert (output / "search_report" / name).read_bytes()[:4] == b"\x89PNG", name
     final_config = yaml.safe_load((output / "config.yaml").read_text())
     assert final_config["optim"]["lr"] == pytest.approx(best["params"]["optim.lr"])
 

@@ -24,7 +24,7 @@ def test_shipped_configs_load(name: str) -> None:
 
 def test_default_space_parses() -> None:
     params = {p.key: p.distribution for p in parse_space(Config().search.space)}
-    assert params["optim.lr"] == FloatDistribution(1e-5, 1e-3, log=True)
+    assert params["optim.lr"] == FloatDistribution(1e-5, 5e-4, log=True)
     assert isinstance(params["optim.warmup_steps"], IntDistribution)
     assert isinstance(params["train.batch_size"], CategoricalDistribution)
 
