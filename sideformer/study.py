@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import optuna
 import sqlalchemy.exc
 
-from sideformer.atomic import atomic_write_text
+from sideformer.atomic import DiskFull, atomic_write_text
 from sideformer.config import SearchConfig
 from sideformer.errors import UserError, first_line
 from sideformer.optuna_compat import rdb_storage
@@ -50,6 +50,19 @@ def redact(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:
         return url.split("@")[-1]
+
+
+def sqlite_disk_full(exc: BaseException, url: str) -> DiskFull | None:
+    """SQLite's own words for a full disk anywhere in the chain, as the error naming the study file. Unlike
+    a database server that restarts, a full disk is nothing to wait out."""
+    if not url.startswith("sqlite:///"):
+        return None
+    seen: BaseException | None = exc
+    while seen is not None:
+        if "database or disk is full" in str(seen):
+            return DiskFull(url.removeprefix("sqlite:///"))
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def open_storage(url: str, search: SearchConfig) -> optuna.storages.RDBStorage:

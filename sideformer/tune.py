@@ -34,7 +34,15 @@ from sideformer.distributed import DistEnv
 from sideformer.errors import Stopped, UserError, first_line
 from sideformer.rundir import RunDir
 from sideformer.search_space import Param, apply_params, parse_space, space_size
-from sideformer.study import create_study, load_study, open_storage, redact, resolve_storage_url, with_retries
+from sideformer.study import (
+    create_study,
+    load_study,
+    open_storage,
+    redact,
+    resolve_storage_url,
+    sqlite_disk_full,
+    with_retries,
+)
 from sideformer.train import TrainResult, train
 from sideformer.train_state import EpochMetrics
 
@@ -73,6 +81,10 @@ def run_search(
         return None
     try:
         return _lead(config, storage_url, study_name, seed, env, warm_start)
+    except Exception as exc:
+        if (full := sqlite_disk_full(exc, storage_url)) is not None:
+            raise full from None
+        raise
     finally:
         distributed.broadcast_object(("stop", None), env)
 
@@ -158,7 +170,7 @@ def _lead(
                 raise
             database_errors = 0
         except Exception as exc:
-            if not _caused_by_database(exc):
+            if not _caused_by_database(exc) or sqlite_disk_full(exc, storage_url) is not None:
                 raise
             # The database restarted or the network blinked. A trial caught in it stays RUNNING without
             # heartbeats, so it is failed and retried (resuming from its checkpoint) like a dead worker's.

@@ -162,3 +162,21 @@ def test_an_appended_log_line_is_all_or_nothing(small_disk: Disk) -> None:
     with pytest.raises(DiskFull, match=r"train_log\.jsonl: the disk is full"):
         append_line(log, "y" * 8192)
     assert log.read_bytes() == before
+
+
+def test_a_full_sqlite_study_is_one_line_not_a_database_outage(
+    synth_dataset: Path, small_disk: Disk, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SQLite says "database or disk is full": the search names the study file at once instead of waiting
+    out its retries for a database that restarts (60 x 5 s)."""
+    disk = small_disk("1m")
+    storage = f"sqlite:///{disk / 'study.db'}"
+    assert main(["study", "create", "--storage", storage, "--study", "s", *settings()]) == 0
+    capsys.readouterr()
+    with (disk / "filler").open("wb", buffering=0) as filler, pytest.raises(OSError):
+        while True:  # the rest of the disk, to the last byte
+            filler.write(b"\0" * 4096)
+    argv = ["search", "--data", str(synth_dataset), "--output", str(tmp_path / "out"), "--n-trials", "1"]
+    assert main([*argv, "--storage", storage, "--study", "s", *settings()]) == 2
+    line = one_line_disk_full(capsys, disk, others=True)
+    assert "study.db" in line
