@@ -123,7 +123,6 @@ def test_evaluate_stops_with_one_line(
 def test_export_keeps_the_previous_file(
     trained: Path, small_disk: Disk, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    pytest.importorskip("onnxruntime")
     disk = small_disk("2m")
     previous = disk / "model.onnx"
     previous.write_bytes(b"the previous export")
