@@ -1,6 +1,7 @@
 """The exceptions the CLI turns into a clear message instead of a traceback."""
 
 import signal
+from collections.abc import Iterator
 
 
 class UserError(Exception):
@@ -18,3 +19,11 @@ def first_line(exc: BaseException) -> str:
     its type when it has no message."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def chain(exc: BaseException) -> Iterator[BaseException]:
+    """`exc` and what caused it, outermost first (libraries such as Optuna re-raise as other types)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        yield seen
+        seen = seen.__cause__ or seen.__context__

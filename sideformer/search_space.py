@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -141,3 +142,17 @@ def outside_space(params: dict[str, Any], space: list[Param], source: str) -> di
             )
         stored[key] = fitted
     return stored
+
+
+def read_params_json(path: Path, where: str, not_found: str, expected: str) -> dict[str, Any]:
+    """A JSON object with a 'params' mapping (a best_hyperparams.json); each failure is one UserError
+    starting with `where`: `not_found` and `expected` say what to do for a missing file or another shape."""
+    if not path.is_file():
+        raise UserError(f"{where}: {not_found}")
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{where}: not valid JSON ({exc}).") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("params"), dict):
+        raise UserError(f"{where}: {expected}")
+    return doc

@@ -18,7 +18,6 @@ outside today's space, another objective or direction is one UserError.
 from __future__ import annotations
 
 import datetime
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from optuna.trial import TrialState
 
 from sideformer.config import Config
 from sideformer.errors import UserError
-from sideformer.search_space import Param, config_value, outside_space, to_stored
+from sideformer.search_space import Param, config_value, outside_space, read_params_json, to_stored
 from sideformer.study import DIRECTIONS, load_study, open_storage, redact
 
 log = logging.getLogger(__name__)
@@ -80,14 +79,12 @@ def warm_start_trials(
 
 def _from_file(path: Path, objective: str, space: list[Param]) -> dict[str, Any]:
     where = f"--warm-start {path}"
-    if not path.is_file():
-        raise UserError(f"{where}: file not found; give a best_hyperparams.json or a study name.")
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{where}: not valid JSON ({exc}).") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("params"), dict):
-        raise UserError(f"{where}: expected a best_hyperparams.json (an object with a 'params' mapping).")
+    doc = read_params_json(
+        path,
+        where,
+        not_found="file not found; give a best_hyperparams.json or a study name.",
+        expected="expected a best_hyperparams.json (an object with a 'params' mapping).",
+    )
     _same_objective(where, doc.get("objective"), doc.get("direction"), objective)
     return outside_space(doc["params"], space, where)
 

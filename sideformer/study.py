@@ -21,7 +21,7 @@ import sqlalchemy.exc
 
 from sideformer.atomic import DiskFull, atomic_write_text
 from sideformer.config import SearchConfig
-from sideformer.errors import UserError, first_line
+from sideformer.errors import UserError, chain, first_line
 from sideformer.optuna_compat import rdb_storage
 from sideformer.rundir import RunDir
 
@@ -57,11 +57,8 @@ def sqlite_disk_full(exc: BaseException, url: str) -> DiskFull | None:
     a database server that restarts, a full disk is nothing to wait out."""
     if not url.startswith("sqlite:///"):
         return None
-    seen: BaseException | None = exc
-    while seen is not None:
-        if "database or disk is full" in str(seen):
-            return DiskFull(url.removeprefix("sqlite:///"))
-        seen = seen.__cause__ or seen.__context__
+    if any("database or disk is full" in str(seen) for seen in chain(exc)):
+        return DiskFull(url.removeprefix("sqlite:///"))
     return None
 
 

@@ -31,9 +31,9 @@ from sideformer.atomic import atomic_write_json
 from sideformer.config import Config, SearchConfig
 from sideformer.data.metadata import load_metadata
 from sideformer.distributed import DistEnv
-from sideformer.errors import Stopped, UserError, first_line
+from sideformer.errors import Stopped, UserError, chain, first_line
 from sideformer.rundir import RunDir
-from sideformer.search_space import Param, apply_params, parse_space, space_size
+from sideformer.search_space import Param, apply_params, parse_space, read_params_json, space_size
 from sideformer.study import (
     create_study,
     load_study,
@@ -101,12 +101,8 @@ def _follow(env: DistEnv) -> None:
 
 def _caused_by_database(exc: BaseException) -> bool:
     """True when a database error is anywhere in the chain (Optuna re-raises some as other types)."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, sqlalchemy.exc.OperationalError | optuna.exceptions.StorageInternalError):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+    database_errors = sqlalchemy.exc.OperationalError | optuna.exceptions.StorageInternalError
+    return any(isinstance(seen, database_errors) for seen in chain(exc))
 
 
 def _lead(
@@ -378,16 +374,12 @@ def best_hyperparams(study: optuna.Study, search: SearchConfig, timed_out: bool 
 def read_hyperparams(path: str | Path) -> dict[str, Any]:
     """A best_hyperparams.json, checked: an object with 'params' (dotted config keys) and 'best_epoch'."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(
-            f"{path}: hyperparameter file not found; run the search first or pass --hyperparams-file."
-        )
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: not valid JSON ({exc}).") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("params"), dict):
-        raise UserError(f"{path}: expected an object with a 'params' mapping of config keys to values.")
+    doc = read_params_json(
+        path,
+        str(path),
+        not_found="hyperparameter file not found; run the search first or pass --hyperparams-file.",
+        expected="expected an object with a 'params' mapping of config keys to values.",
+    )
     epoch = doc.get("best_epoch")
     if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 1:
         raise UserError(
