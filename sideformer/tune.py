@@ -256,7 +256,9 @@ def _objective(
         # Never raise here: under DDP the other ranks are waiting for this decision.
         def report_and_decide() -> bool:
             trial.report(getattr(metrics, search.objective), step=metrics.epoch)
-            return trial.should_prune()
+            # After the last epoch there is nothing left to save: pruning would only discard a finished
+            # trial (successive halving's rung at 9 epochs is a trial of 9 epochs' end).
+            return metrics.epoch < search.epochs and trial.should_prune()
 
         try:
             return bool(with_retries(report_and_decide))

@@ -205,3 +205,29 @@ def test_study_report_on_a_study_without_finished_trials_is_one_line(
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.strip().splitlines() == ["study 'fresh' has no finished trial yet: nothing to report."]
     assert not out.exists()
+
+
+def test_a_trial_that_trained_every_epoch_is_complete_even_below_the_rung(
+    synth_dataset: Path, tmp_path: Path, run
+) -> None:
+    """Successive halving has a rung at every 3**k epochs, the last epoch included: a trial that reaches
+    it below the top third has already trained to the end, and pruning it would throw its result away."""
+    config = write_config(tmp_path / "search.yaml", n_trials=4, epochs=1, start_from_config=False)
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    assert run(study_create(url, config, "test")).returncode == 0
+    # Three trials far above anything the next one can reach, each seen by the same pruner at its rung.
+    study = optuna.load_study(study_name="test", storage=url)
+    study.pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+    for _ in range(3):
+        trial = study.ask({
+            "optim.lr": optuna.distributions.FloatDistribution(1e-10, 1e-2, log=True),
+            "optim.weight_decay": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True),
+        })  # fmt: skip
+        trial.report(0.99, step=1)
+        assert not trial.should_prune()
+        study.tell(trial, 0.99)
+    proc = run(search_cmd(synth_dataset, tmp_path / "out", config, url))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    last = study.get_trials(deepcopy=False)[-1]
+    assert last.number == 3 and last.state == TrialState.COMPLETE, (last.state, last.intermediate_values)
+    assert last.value < 0.99
