@@ -695,7 +695,9 @@ def _study_create(args: argparse.Namespace, argv: list[str]) -> int:
 
     config = _admin_config(args)
     url = admin_storage_url(args.storage)
-    study = open_study(config, parse_space(config.search.space), url, args.study, args.warm_start)
+    study = open_study(
+        config, parse_space(config.search.space), url, args.study, args.warm_start, warn_if_existed=True
+    )
     print(
         f"study {study.study_name!r} ({study.direction.name.lower()} {config.search.objective}) is ready "
         f"with {len(study.trials)} trial(s) in {redact(args.storage or os.environ['OPTUNA_STORAGE'])}"

@@ -3,7 +3,9 @@
 - First trials, enqueued once when the study is created (`sideformer study create`, or the first worker
   that finds no study): a warm start's trials (`--warm-start FROM`: a previous study's best trials or a
   best_hyperparams.json), then the configuration's own values of the searched keys (by default the
-  SegFormer recipe), so a search never starts from nothing. Workers that join later enqueue nothing.
+  SegFormer recipe), so a search never starts from nothing. Workers that join later enqueue nothing and
+  do not read their --warm-start (the chart gives every worker the creator's, for the one that may
+  find no study yet).
 - Deadline (`--timeout SECONDS`, `search.timeout`): an absolute UTC time stored in the study's user
   attribute `deadline` by whoever creates the study, or by the first worker with a timeout that finds none.
   Every worker reads the study's deadline before each trial, so several workers on one PostgreSQL study

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import os
 import secrets
 import time
@@ -24,6 +25,8 @@ from sideformer.config import SearchConfig
 from sideformer.errors import UserError, chain, first_line
 from sideformer.optuna_compat import rdb_storage
 from sideformer.rundir import RunDir
+
+log = logging.getLogger(__name__)
 
 DIRECTIONS = {"val_miou": "maximize", "val_loss": "minimize"}
 
@@ -86,6 +89,14 @@ def open_storage(url: str, search: SearchConfig) -> optuna.storages.RDBStorage:
         ) from None
 
 
+def study_exists(url: str, name: str, search: SearchConfig) -> bool:
+    """Whether the storage at `url` holds study `name`. A SQLite file that does not exist yet holds none,
+    and is not created by asking."""
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        return False
+    return name in {s.study_name for s in optuna.get_all_study_summaries(open_storage(url, search))}
+
+
 def admin_storage_url(url: str | None) -> str:
     """The storage `sideformer study ...` works on: --storage or OPTUNA_STORAGE, never a default."""
     if not (url or os.environ.get("OPTUNA_STORAGE")):
@@ -105,21 +116,25 @@ def create_study(
     creates it enqueues `first_trials` (parameters in stored form) and records `deadline`, so many workers
     starting at once add them exactly once."""
 
-    def create_or_load() -> optuna.Study:
+    def create_or_load() -> tuple[optuna.Study, bool]:
         try:
             study = optuna.create_study(
                 storage=storage, study_name=name, direction=DIRECTIONS[search.objective]
             )
         except optuna.exceptions.DuplicatedStudyError:
-            return optuna.load_study(study_name=name, storage=storage)
+            return optuna.load_study(study_name=name, storage=storage), False
         study.set_user_attr("objective", search.objective)
         if deadline is not None:
             study.set_user_attr("deadline", deadline.isoformat())
         for params in first_trials:
             study.enqueue_trial(params, user_attrs={"enqueued": "first trials"})
-        return study
+        return study, True
 
-    study = with_retries(create_or_load)
+    study, created = with_retries(create_or_load)
+    if created and first_trials:  # said by the creator alone, also when another process won a race
+        log.info(
+            "study %r starts with %d enqueued trial(s): %s", name, len(first_trials), json.dumps(first_trials)
+        )
     if study.direction.name.lower() != DIRECTIONS[search.objective]:
         raise UserError(
             f"study {name!r} {study.direction.name.lower()}s but search.objective={search.objective!r} "

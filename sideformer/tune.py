@@ -41,6 +41,7 @@ from sideformer.study import (
     redact,
     resolve_storage_url,
     sqlite_disk_full,
+    study_exists,
     with_retries,
 )
 from sideformer.train import TrainResult, train
@@ -188,25 +189,37 @@ def _lead(
 
 
 def open_study(
-    config: Config, params: list[Param], storage_url: str, study_name: str, warm_start: str | None = None
+    config: Config,
+    params: list[Param],
+    storage_url: str,
+    study_name: str,
+    warm_start: str | None = None,
+    *,
+    warn_if_existed: bool = False,
 ) -> optuna.Study:
-    """Create or load the study. A warm start is read and checked before the storage is touched; the
-    creating process enqueues it and the recipe trial (search_start)."""
+    """Create or load the study. Only a study this call creates is seeded: its warm start is read and
+    checked before anything is written, and the creating process enqueues it and the recipe trial
+    (search_start). A study that exists is joined as it is and its warm start not read (the previous
+    study may be gone, or outside today's space, by then). That is the normal case of a worker (the chart
+    gives every worker the creator's --warm-start, for the worker that finds no study yet), said at INFO;
+    `sideformer study create` passes `warn_if_existed`, since its user asked for a seeded study."""
     search = config.search
+    existed = study_exists(storage_url, study_name, search)
     warm = (
-        [] if warm_start is None else search_start.warm_start_trials(warm_start, config, params, storage_url)
+        []
+        if warm_start is None or existed
+        else search_start.warm_start_trials(warm_start, config, params, storage_url)
     )
     recipe = search_start.recipe_trial(config, params) if search.start_from_config else {}
     first = search_start.first_trials(warm, recipe)
     storage = open_storage(storage_url, search)
-    existed = study_name in {s.study_name for s in optuna.get_all_study_summaries(storage)}
     study = create_study(storage, study_name, search, first, search_start.deadline_from(search.timeout))
-    if existed and warm:
-        log.warning(
-            "study %r already existed: --warm-start only seeds a new study, nothing enqueued", study_name
+    if existed and warm_start is not None:
+        log.log(
+            logging.WARNING if warn_if_existed else logging.INFO,
+            "study %r already existed: --warm-start only seeds a new study, nothing enqueued",
+            study_name,
         )
-    elif not existed and first:
-        log.info("study %r starts with %d enqueued trial(s): %s", study_name, len(first), json.dumps(first))
     return study
 
 

@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 from pathlib import Path
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
+from sideformer.config import load_config
+from sideformer.search_space import parse_space
+from sideformer.tune import open_study
 from tests.helpers import wait_until
 from tests.integration.conftest import sideformer
 from tests.integration.test_tune import create_study, search_cmd, start, wait_all, write_config
@@ -75,6 +79,32 @@ def test_warm_start_from_a_file_runs_its_parameters_as_the_first_trial(
     assert trials[0].state == TrialState.COMPLETE and trials[0].params == previous
     assert trials[1].state == TrialState.WAITING
     assert trials[1].system_attrs["fixed_params"]["optim.lr"] == pytest.approx(6e-5)  # then the recipe
+
+
+def test_a_warm_start_given_for_a_study_that_exists_is_not_read_and_only_study_create_warns(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The chart gives every worker the creator's --warm-start, for the worker that finds no study yet; the
+    others join the study as it is: at INFO, without reading the previous study (it may be gone by the
+    time a worker restarts). `sideformer study create`, whose user asked for a seeded study, warns."""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    best_first = previous_study(url)
+    config = load_config(write_config(tmp_path / "search.yaml"))
+    space = parse_space(config.search.space)
+    with caplog.at_level(logging.INFO, logger="sideformer"):
+        open_study(config, space, url, "new", "old")
+        assert "starts with 4 enqueued trial(s)" in caplog.text and "already existed" not in caplog.text
+        seeded = waiting_params(url, "new")
+        assert seeded[:3] == best_first[:3]
+        optuna.delete_study(study_name="old", storage=url)
+
+        for warn_if_existed, level in ((False, logging.INFO), (True, logging.WARNING)):
+            caplog.clear()
+            open_study(config, space, url, "new", "old", warn_if_existed=warn_if_existed)
+            (record,) = [r for r in caplog.records if "already existed" in r.getMessage()]
+            assert record.levelno == level
+            assert "--warm-start only seeds a new study" in record.getMessage()
+    assert waiting_params(url, "new") == seeded
 
 
 @pytest.mark.parametrize(
