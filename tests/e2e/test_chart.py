@@ -507,6 +507,116 @@ def test_study_creator_creates_the_study_the_workers_use():
     assert [c["name"] for c in m.pod_spec(job)["initContainers"]] == ["wait-for-database"]
 
 
+# --- study.warmStart: seeded by whichever process creates the study -----------------------------------
+
+
+def worker_args(objects: list[dict]) -> list[list[str]]:
+    """The command line of every tune-worker pod: each replica of a PyTorchJob, each TrainJob's trainer."""
+    found = []
+    for job in m.component(objects, "tune-worker"):
+        if job["kind"] == "PyTorchJob":
+            found += [m.run_spec(job, replica).args for replica in job["spec"]["pytorchReplicaSpecs"]]
+        elif job["kind"] == "TrainJob":
+            found.append(job["spec"]["trainer"]["args"])
+    return found
+
+
+def creator_args(objects: list[dict]) -> list[str]:
+    return m.run_spec(m.one(objects, "Job"), container_name="study-creator").args
+
+
+@pytest.mark.parametrize("backend", ["pytorchjob", "trainjob"])
+def test_warm_start_reaches_the_study_creator_and_every_worker(backend):
+    """A worker may find no study (it started before the creator's Job) and create it: so every worker gets
+    the creator's --warm-start, and whichever creates the study seeds it."""
+    values = {"tune.backend": backend, "tune.nodesPerTrial": 2, "tune.workers": 2}
+    objects = render("default", **values, **{"study.warmStart": "segformer-2026.v1"})
+    assert arg(creator_args(objects), "--warm-start") == "segformer-2026.v1"
+    workers = worker_args(objects)
+    assert len(workers) == (4 if backend == "pytorchjob" else 2)
+    assert all(arg(args, "--warm-start") == "segformer-2026.v1" for args in workers)
+    objects = render("default", **values)  # unset: ""
+    assert all("--warm-start" not in args for args in [creator_args(objects), *worker_args(objects)])
+
+
+SECRET_URL = "postgresql+psycopg2://tuner:s3cret@db.example:5432/optuna#old"
+
+
+@pytest.mark.parametrize(
+    ("value", "fix"),
+    [
+        (SECRET_URL, "copy it into this one first"),
+        ("postgresql://u:s3cret@h/db", "not a URL or URL#STUDY"),
+        ("old#s3cret", "not a URL or URL#STUDY"),
+        ("/output/s3cret/best_hyperparams.json", "To start from a best_hyperparams.json"),
+        ("s3cret.json", "would be read as a best_hyperparams.json"),
+        ("-s3cret", "starting with a letter or digit"),
+        ("s3cret old", "letters, digits, '-', '_' and '.'"),
+    ],
+)
+@pytest.mark.parametrize("backend", ["pytorchjob", "trainjob"])
+def test_warm_start_other_than_a_study_name_fails_render_without_printing_it(value, fix, backend):
+    with pytest.raises((helm.HelmRenderError, helm.HelmValuesError)) as caught:
+        render("default", **{"tune.backend": backend, "study.warmStart": value})
+    message = str(caught.value)
+    assert "study.warmStart takes the name of a previous study in this release's database" in message
+    assert fix in message
+    assert "s3cret" not in message and value not in message
+
+
+def test_warm_start_from_the_study_itself_fails_render():
+    with pytest.raises(helm.HelmRenderError, match=r"study.warmStart names study.name itself"):
+        render("default", **{"study.name": "search-1", "study.warmStart": "search-1"})
+
+
+@pytest.mark.slow
+def test_a_worker_that_creates_the_study_before_the_creator_seeds_it_with_the_warm_start(
+    synth_dataset, tmp_path
+):
+    """The rendered commands, run by the real CLI on one SQLite study database as the pods would run them
+    (OPTUNA_STORAGE from the Secret, the mounts mapped to folders): a worker starts before the study
+    creator, finds no study and creates it: the previous study's best trial still runs first. The creator,
+    coming second, finds the study and adds nothing."""
+    import optuna
+
+    from tests.integration.conftest import env_for
+    from tests.integration.test_search_start import previous_study, waiting_params
+    from tests.integration.test_tune import write_config
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    best_first = previous_study(url, "old")
+    tiny = write_config(tmp_path / "tiny.yaml", n_trials=1, epochs=1, pruner="none").read_text()
+    objects = render("default", **{"config": tiny, "study.warmStart": "old"})
+    (config := tmp_path / "config.yaml").write_text(m.config_text(objects))
+    mounts = {CONFIG_PATH: str(config), "/data": str(synth_dataset), "/output": str(tmp_path / "output")}
+
+    def local(args: list[str]) -> list[str]:
+        for mount, folder in mounts.items():
+            args = [
+                folder + a.removeprefix(mount) if a == mount or a.startswith(mount + "/") else a for a in args
+            ]
+        return [sys.executable, "-m", "sideformer", *args]
+
+    env = env_for(OPTUNA_STORAGE=url)
+
+    def sideformer(args: list[str]) -> subprocess.CompletedProcess:
+        proc = subprocess.run(local(args), env=env, capture_output=True, text=True, timeout=300, check=False)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc
+
+    worker = sideformer(worker_args(objects)[0])
+    assert "study 'sideformer' starts with 4 enqueued trial(s)" in worker.stdout  # 3 best of old, the recipe
+    study = optuna.load_study(study_name="sideformer", storage=url)
+    first = study.get_trials(deepcopy=False)[0]
+    assert first.state == optuna.trial.TrialState.COMPLETE and first.params == best_first[0]
+    queued = waiting_params(url, "sideformer")
+    assert queued == [*best_first[1:3], {"optim.lr": 6e-5, "optim.weight_decay": 0.01}]
+
+    creator = sideformer(creator_args(objects))
+    assert "study 'sideformer' already existed: --warm-start only seeds a new study" in creator.stdout
+    assert waiting_params(url, "sideformer") == queued  # nothing enqueued twice
+
+
 def test_helm_test_hooks():
     objects = render("default")
     tests = [o for o in objects if m.is_test(o)]

@@ -92,6 +92,27 @@ dict "root" $ "repository" .. "tag" .. "digest" .. */}}
 {{- end }}
 
 
+{{/*
+study.warmStart, checked: the name of a previous study in the release's database, or "" (none). A URL or
+URL#STUDY would put a database password into the values, and a .json path is read from no volume the
+creator mounts: both fail here. The messages never print the value (it may hold a password), and the
+schema sets no pattern on it for the same reason (its error would print it).
+*/}}
+{{- define "sideformer.warmStart" -}}
+{{- with .Values.study.warmStart }}
+{{- if or (contains "://" .) (contains "#" .) }}
+{{- fail "study.warmStart takes the name of a previous study in this release's database, not a URL or URL#STUDY: a storage URL holds the database password, and the chart takes secrets only from Secrets. To start from a study in another database, copy it into this one first (optuna.copy_study) and give the copy's name" }}
+{{- end }}
+{{- if or (not (regexMatch "^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$" .)) (hasSuffix ".json" .) }}
+{{- fail "study.warmStart takes the name of a previous study in this release's database: letters, digits, '-', '_' and '.', starting with a letter or digit (a name ending in .json would be read as a best_hyperparams.json). To start from a best_hyperparams.json, write its params into `config` as the config's own values: the study's first trial runs them (search.start_from_config)" }}
+{{- end }}
+{{- if eq . $.Values.study.name }}
+{{- fail "study.warmStart names study.name itself: a warm start seeds a new study from a previous one; give the previous study's name, or \"\" for none" }}
+{{- end }}
+{{- . }}
+{{- end }}
+{{- end }}
+
 {{- define "sideformer.studyOutput" -}}
 {{- printf "/output/%s" .Values.study.name }}
 {{- end }}
@@ -345,9 +366,16 @@ spec:
   {{- end }}
 {{- end }}
 
-{{/* The arguments of `sideformer search` in every tune worker, as a YAML list (read with fromYamlArray). */}}
+{{/*
+The arguments of `sideformer search` in every tune worker, as a YAML list (read with fromYamlArray). A worker
+may find no study (it started before the study creator's Job) and create it: --warm-start goes to every
+worker too, so whichever process creates the study seeds it; the others join it as it is.
+*/}}
 {{- define "sideformer.tuneArgs" -}}
 {{- $args := list "search" "--data" "/data" "--output" (include "sideformer.studyOutput" .) "--config" "/etc/sideformer/config.yaml" "--study" .Values.study.name -}}
+{{- with include "sideformer.warmStart" . }}
+{{- $args = concat $args (list "--warm-start" .) -}}
+{{- end }}
 {{- if not (kindIs "invalid" .Values.tune.nTrials) }}
 {{- $args = concat $args (list "--n-trials" (toString .Values.tune.nTrials)) -}}
 {{- end }}
