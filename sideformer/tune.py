@@ -299,21 +299,25 @@ def _suggest(trial: optuna.Trial, param: Param) -> Any:
     return trial.suggest_int(param.key, d.low, d.high, log=d.log, step=d.step)
 
 
+# Trials that take a place in the study's budget. A queued (WAITING) one will run, as workers take queued
+# trials first: a retry queued by a restarted worker while another started a new trial counts too.
+_STARTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+_BUDGETED = (*_STARTED, TrialState.WAITING)
+
+
+def trials_ahead(study: optuna.Study, number: int) -> int:
+    """How many trials before trial `number` take a place in the budget (n_trials)."""
+    return sum(1 for t in study.get_trials(deepcopy=False, states=_BUDGETED) if t.number < number)
+
+
 def _refuse_surplus_or_duplicate(trial: optuna.Trial, values: dict[str, Any], budget: int) -> None:
-    others = [
-        t
-        for t in trial.study.get_trials(
-            deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-        )
-        if t.number != trial.number
-    ]
-    ahead = sum(1 for t in others if t.number < trial.number)
+    ahead = trials_ahead(trial.study, trial.number)
     if ahead >= budget:
         trial.set_user_attr("surplus", True)
         trial.study.stop()
         raise SurplusTrial(f"trial {trial.number}: the study's budget of {budget} is already taken")
-    for t in others:
-        if t.params == values:
+    for t in trial.study.get_trials(deepcopy=False, states=_STARTED):
+        if t.number != trial.number and t.params == values:
             trial.set_user_attr("duplicate_of", t.number)
             raise DuplicateTrial(f"trial {trial.number} repeats trial {t.number}'s parameters")
 

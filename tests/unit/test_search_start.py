@@ -10,7 +10,7 @@ from sideformer.config import Config, SearchConfig, load_config
 from sideformer.errors import UserError
 from sideformer.search_space import outside_space, parse_space, to_stored
 from sideformer.search_start import first_trials, recipe_trial
-from sideformer.tune import _pruner
+from sideformer.tune import _pruner, trials_ahead
 
 
 def test_the_recipe_trial_is_the_config_s_own_values_inside_the_space() -> None:
@@ -58,3 +58,16 @@ def test_the_default_pruner_is_successive_halving_from_the_first_epoch() -> None
     pruner = _pruner(search)
     assert search.pruner == "asha" and isinstance(pruner, optuna.pruners.SuccessiveHalvingPruner)
     assert pruner._min_resource == 1 and pruner._reduction_factor == 3
+
+
+def test_a_queued_retry_counts_against_the_budget_of_a_trial_started_after_it() -> None:
+    """A restarted worker fails its dead trial and queues a retry; another worker starting a new trial in
+    that moment must count the queued retry, which will run, or the study finishes one trial too many."""
+    study = optuna.create_study()
+    distributions = {"x": optuna.distributions.FloatDistribution(0.0, 10.0)}
+    for x in (1.0, 2.0, 3.0):
+        study.add_trial(optuna.trial.create_trial(params={"x": x}, distributions=distributions, value=x))
+    study.enqueue_trial({"x": 4.0})  # trial 3: the retry, not yet taken by its worker
+    fresh = study._storage.get_trial_number_from_id(study._storage.create_new_trial(study._study_id))
+    assert trials_ahead(study, fresh) == 4  # a budget of 4 is taken: the new trial is surplus
+    assert trials_ahead(study, study.ask().number) == 3  # the retry, taken, still has its place
