@@ -53,11 +53,11 @@ def test_first_trials_put_the_warm_start_first_and_never_repeat_the_recipe() -> 
     assert first_trials([], {}) == []
 
 
-def test_the_default_pruner_is_successive_halving_from_the_first_epoch() -> None:
+def test_the_default_pruner_is_successive_halving_from_the_third_epoch() -> None:
     search = SearchConfig()
     pruner = _pruner(search)
     assert search.pruner == "asha" and isinstance(pruner, optuna.pruners.SuccessiveHalvingPruner)
-    assert pruner._min_resource == 1 and pruner._reduction_factor == 3
+    assert pruner._min_resource == 3 and pruner._reduction_factor == 3
 
 
 def test_a_queued_retry_counts_against_the_budget_of_a_trial_started_after_it() -> None:
