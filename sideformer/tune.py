@@ -341,8 +341,8 @@ def _pruner(search: SearchConfig) -> optuna.pruners.BasePruner:
             25.0, search.pruner_startup_trials, search.pruner_warmup_epochs
         )
     if search.pruner == "asha":
-        # Rungs at min_resource * 3**k epochs (3, 9, 27, ... by default); asynchronous, so no worker waits for a rung
-        # to fill, and a trial's only cost of losing is the epochs it already ran.
+        # Rungs at min_resource * 3**k epochs (3, 9, 27, ... by default); asynchronous, so no worker waits for
+        # a rung to fill, and a trial's only cost of losing is the epochs it already ran.
         return optuna.pruners.SuccessiveHalvingPruner(
             min_resource=max(1, search.pruner_warmup_epochs), reduction_factor=3
         )
