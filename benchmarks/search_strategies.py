@@ -57,7 +57,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +91,7 @@ class Strategy:
     pruner: str
     recipe_first: bool
     warmup_epochs: int = 3  # the pruner's first rung (median: its warm-up); the previous default was 2
-    warm_start: bool = False  # --warm-start from an earlier study of the new default on other data
+    warm_start: bool = False  # --warm-start from an earlier study of this strategy without it, on other data
 
 
 STRATEGIES = [
@@ -114,7 +114,8 @@ VARIANTS = [
         warm_start=True,
     ),
 ]
-NEW_DEFAULT = STRATEGIES[2]
+# Where the strategies with warm_start find the data of the team's earlier study: other scenes, same classes.
+EARLIER_DATA = "earlier-data"
 
 
 def task_config(args: argparse.Namespace) -> dict[str, Any]:
@@ -162,7 +163,8 @@ def run_once(
     config = load_config(config_file, overrides(strategy))
     warm_start, earlier = None, None
     if strategy.warm_start:
-        earlier = run_once(NEW_DEFAULT, seed, args, root / "earlier-data", config_file, root / "earlier")
+        past = replace(strategy, warm_start=False)
+        earlier = run_once(past, seed, args, root / EARLIER_DATA, config_file, root / "earlier")
         warm_start = f"{earlier['storage']}#{earlier['study']}"
     load = busy_cores()
     threads = args.threads
@@ -244,12 +246,8 @@ def run_once(
         "seed": seed,
         "storage": url,
         "study": name,
-        "earlier": None
-        if earlier is None
-        else {
-            "best": earlier["curve"][-1][1] if earlier["curve"] else None,
-            "cpu_clock_seconds": earlier["cpu_clock_seconds"],
-        },
+        "earlier": earlier
+        and {"best": final_best(earlier), "cpu_clock_seconds": earlier["cpu_clock_seconds"]},
         "wall_seconds": wall,
         "cpu_clock_seconds": samples[-1][1],
         "busy_cores_at_start": load,
@@ -293,15 +291,20 @@ def spread(values: list[float | None]) -> tuple[float | None, float | None, floa
     return median, (finite[0] if finite else None), (ranked[-1] if ranked else None)
 
 
+def final_best(run: dict[str, Any]) -> float | None:
+    """The best validation mIoU a run reached within its budget (None: no trial completed in time)."""
+    return run["curve"][-1][1] if run["curve"] else None
+
+
 def summarise(runs: list[dict[str, Any]], share: float, fixed: float | None = None) -> dict[str, Any]:
     """Per strategy over seeds; the target is `share` of the best any run reached, or `fixed`."""
-    finals = [r["curve"][-1][1] for r in runs if r["curve"]]
+    finals = [best for r in runs if (best := final_best(r)) is not None]
     target = fixed if fixed is not None else share * max(finals, default=0.0)
     rows = {}
     for key in dict.fromkeys(r["strategy"] for r in runs):
         mine = [r for r in runs if r["strategy"] == key]
         times = [time_to(r["curve"], target) for r in mine]
-        best = [r["curve"][-1][1] if r["curve"] else 0.0 for r in mine]
+        best = [final_best(r) or 0.0 for r in mine]
         rows[key] = {
             "seeds": len(mine),
             "time_to_target": spread(times),
@@ -463,9 +466,9 @@ def main() -> int:
         data = write_synthetic_dataset(
             root / "data", train=args.images, valid=args.valid, size=(args.size, args.size)
         )
-        if any(s.warm_start for s in chosen):  # other scenes of the same classes: the data of a past study
+        if any(s.warm_start for s in chosen):
             write_synthetic_dataset(
-                root / "earlier-data", args.images, args.valid, size=(args.size,) * 2, seed=1
+                root / EARLIER_DATA, train=args.images, valid=args.valid, size=(args.size, args.size), seed=1
             )
         config_file = root / "task.yaml"
         config_file.write_text(yaml.safe_dump(task_config(args), sort_keys=False))
@@ -478,7 +481,7 @@ def main() -> int:
         def one(job: tuple[Strategy, int]) -> None:
             strategy, seed = job
             run = run_once(strategy, seed, args, data, config_file, root)
-            best = run["curve"][-1][1] if run["curve"] else None
+            best = final_best(run)
             with lock:
                 runs.append(run)
                 print(
